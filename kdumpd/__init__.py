@@ -1,0 +1,3 @@
+"""kdumpd: arms Linux kdump and brings the crash dump home."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,162 @@
+"""Every system location kdumpd reads or writes, relative to one root.
+
+Code never spells ``/etc/...`` itself: it asks a :class:`Paths`. Tests and
+``kdumpctl --root DIR`` point the whole program at another tree by building
+``Paths(root=DIR)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    """System locations under ``root`` (``/`` on a live system)."""
+
+    root: Path = field(default_factory=lambda: Path("/"))
+
+    def under_root(self, absolute: str | Path) -> Path:
+        """Map an absolute path of the managed system to this tree.
+
+        Paths that come from configuration (``path /var/crash``, ``sshkey ...``)
+        name locations of the managed system; this is how they are read.
+        """
+        text = str(absolute)
+        if not text.startswith("/"):
+            raise ValueError(f"not an absolute path: {text!r}")
+        return self.root / text.lstrip("/")
+
+    # /etc ---------------------------------------------------------------
+    @property
+    def kdump_conf(self) -> Path:
+        return self.under_root("/etc/kdump.conf")
+
+    @property
+    def sysconfig_kdump(self) -> Path:
+        """Fedora/RHEL location of the variables file; wins when present."""
+        return self.under_root("/etc/sysconfig/kdump")
+
+    @property
+    def default_kdump(self) -> Path:
+        """Debian location of the variables file; read when sysconfig is absent."""
+        return self.under_root("/etc/default/kdump")
+
+    @property
+    def hooks_dir(self) -> Path:
+        """Holds pre.d, post.d and emergency.d."""
+        return self.under_root("/etc/kdump")
+
+    @property
+    def fstab(self) -> Path:
+        return self.under_root("/etc/fstab")
+
+    @property
+    def machine_id(self) -> Path:
+        return self.under_root("/etc/machine-id")
+
+    # /proc --------------------------------------------------------------
+    @property
+    def proc_cmdline(self) -> Path:
+        return self.under_root("/proc/cmdline")
+
+    @property
+    def proc_iomem(self) -> Path:
+        return self.under_root("/proc/iomem")
+
+    @property
+    def proc_cpuinfo(self) -> Path:
+        return self.under_root("/proc/cpuinfo")
+
+    @property
+    def proc_meminfo(self) -> Path:
+        return self.under_root("/proc/meminfo")
+
+    @property
+    def proc_modules(self) -> Path:
+        return self.under_root("/proc/modules")
+
+    @property
+    def proc_mounts(self) -> Path:
+        return self.under_root("/proc/self/mountinfo")
+
+    @property
+    def proc_vmcore(self) -> Path:
+        return self.under_root("/proc/vmcore")
+
+    @property
+    def sysrq_trigger(self) -> Path:
+        return self.under_root("/proc/sysrq-trigger")
+
+    # /sys ---------------------------------------------------------------
+    @property
+    def kexec_crash_loaded(self) -> Path:
+        return self.under_root("/sys/kernel/kexec_crash_loaded")
+
+    @property
+    def kexec_crash_size(self) -> Path:
+        return self.under_root("/sys/kernel/kexec_crash_size")
+
+    @property
+    def fadump_enabled(self) -> Path:
+        return self.under_root("/sys/kernel/fadump/enabled")
+
+    @property
+    def fadump_registered(self) -> Path:
+        return self.under_root("/sys/kernel/fadump/registered")
+
+    @property
+    def fadump_mem_reserved(self) -> Path:
+        return self.under_root("/sys/kernel/fadump/mem_reserved")
+
+    @property
+    def watchdog_class(self) -> Path:
+        return self.under_root("/sys/class/watchdog")
+
+    @property
+    def efivars(self) -> Path:
+        return self.under_root("/sys/firmware/efi/efivars")
+
+    @property
+    def sys_cpu(self) -> Path:
+        return self.under_root("/sys/devices/system/cpu")
+
+    @property
+    def sys_memory(self) -> Path:
+        return self.under_root("/sys/devices/system/memory")
+
+    @property
+    def sys_platform(self) -> Path:
+        return self.under_root("/sys/devices/platform")
+
+    @property
+    def sys_pci_drivers(self) -> Path:
+        return self.under_root("/sys/bus/pci/drivers")
+
+    # boot, modules ----------------------------------------------------------
+    @property
+    def boot(self) -> Path:
+        return self.under_root("/boot")
+
+    @property
+    def modules(self) -> Path:
+        return self.under_root("/lib/modules")
+
+    # state --------------------------------------------------------------
+    @property
+    def var_crash(self) -> Path:
+        return self.under_root("/var/crash")
+
+    @property
+    def state_dir(self) -> Path:
+        """kdumpd's persistent state: capture images, manifests, import records."""
+        return self.under_root("/var/lib/kdumpd")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.under_root("/run/kdumpd")
+
+    @property
+    def dracut_modules(self) -> Path:
+        return self.under_root("/usr/lib/dracut/modules.d")

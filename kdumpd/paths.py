@@ -56,6 +56,11 @@ class Paths:
     def machine_id(self) -> Path:
         return self.under_root("/etc/machine-id")
 
+    @property
+    def hostname(self) -> Path:
+        """/etc/hostname: fence_kdump_nodes must not name this host."""
+        return self.under_root("/etc/hostname")
+
     # /proc --------------------------------------------------------------
     @property
     def proc_cmdline(self) -> Path:
@@ -119,6 +124,21 @@ class Paths:
         return self.under_root("/sys/firmware/efi/efivars")
 
     @property
+    def dmi_entries(self) -> Path:
+        """Raw SMBIOS structures, one directory per ``<type>-<instance>`` (root only)."""
+        return self.under_root("/sys/firmware/dmi/entries")
+
+    @property
+    def ipl_secure(self) -> Path:
+        """s390: 1 when the system was IPLed in secure mode."""
+        return self.under_root("/sys/firmware/ipl/secure")
+
+    @property
+    def device_tree(self) -> Path:
+        """PowerPC firmware device tree (Secure Boot properties live here)."""
+        return self.under_root("/proc/device-tree")
+
+    @property
     def sys_cpu(self) -> Path:
         return self.under_root("/sys/devices/system/cpu")
 
@@ -133,6 +153,11 @@ class Paths:
     @property
     def sys_pci_drivers(self) -> Path:
         return self.under_root("/sys/bus/pci/drivers")
+
+    @property
+    def kernel_lockdown(self) -> Path:
+        """Kernel lockdown mode (``none [integrity] confidentiality``); explains kexec EPERM."""
+        return self.under_root("/sys/kernel/security/lockdown")
 
     # boot, modules ----------------------------------------------------------
     @property
@@ -156,6 +181,11 @@ class Paths:
     @property
     def run_dir(self) -> Path:
         return self.under_root("/run/kdumpd")
+
+    @property
+    def kdumpctl_lock(self) -> Path:
+        """flock(2) target that keeps arming use cases (start, stop, reload...) one at a time."""
+        return self.run_dir / "kdumpctl.lock"
 
     @property
     def dracut_modules(self) -> Path:

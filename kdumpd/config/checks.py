@@ -1,0 +1,171 @@
+"""kdump.conf checks that need the host: files the directives name, and the hostname.
+
+Everything here reads the tree at ``paths.root`` and starts no program, so the
+checks run the same against a live system and a test's fake root. Network and
+device checks that need programs (ssh reachability, mounting, dd) belong to the
+target preflight, not here.
+
+Two lists come out: :func:`check_host` returns errors (kdumpctl refuses to
+start on them), :func:`check_host_warnings` returns warnings (kdumpctl prints
+them and carries on). Each problem carries the line of the directive it is
+about, taken from ``KdumpConfig.lines``.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path, PurePosixPath
+
+from kdumpd.config.kdumpconf import DEFAULT_SSHKEY, KdumpConfig
+from kdumpd.errors import Problem
+from kdumpd.paths import Paths
+
+# Names every host answers to; a fence_kdump node with one of them would fence itself.
+_ALWAYS_LOCAL = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1"})
+_MAX_SYMLINKS = 40
+
+
+def resolve_under_root(paths: Paths, absolute: str) -> Path | None:
+    """Follow ``absolute`` through symlinks inside the tree at ``paths.root``.
+
+    An absolute link target means a location of the managed system, not of the
+    machine running the check, so it is mapped under the root again. Returns
+    None for a relative path, a missing component or a symlink loop.
+    """
+    if not absolute.startswith("/"):
+        return None
+    pending = list(PurePosixPath(absolute).parts[1:])
+    resolved = PurePosixPath("/")
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            resolved = resolved.parent
+            continue
+        candidate = resolved / part
+        real = paths.under_root(str(candidate))
+        if real.is_symlink():
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                return None
+            target = PurePosixPath(real.readlink())
+            if target.is_absolute():
+                resolved = PurePosixPath("/")
+                pending[:0] = list(target.parts[1:])
+            else:
+                pending[:0] = list(target.parts)
+            continue
+        if not real.exists():
+            return None
+        resolved = candidate
+    return paths.under_root(str(resolved))
+
+
+def _is_executable_file(location: Path) -> bool:
+    # Mode bits, not os.access: root passes access(X_OK) for any file with one
+    # x bit, and tests run as root, so the bits are the honest answer.
+    info = location.stat()
+    return stat.S_ISREG(info.st_mode) and bool(info.st_mode & 0o111)
+
+
+def _check_programs(paths: Paths, files: tuple[str, ...], line: int, source: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for name in files:
+        location = resolve_under_root(paths, name)
+        if location is None:
+            hint = "" if name.startswith("/") else " (use an absolute path)"
+            problems.append(Problem(source, line, f"Error: {name} not found.{hint}"))
+        elif not _is_executable_file(location):
+            problems.append(
+                Problem(
+                    source,
+                    line,
+                    f"Error: {name} is not executable. Make it an executable file (chmod +x).",
+                )
+            )
+    return problems
+
+
+def local_hostname(paths: Paths) -> str | None:
+    """The host's name from /etc/hostname (first word), or None if unset."""
+    try:
+        text = paths.hostname.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    words = text.split("#", 1)[0].split()
+    return words[0] if words else None
+
+
+def check_host(config: KdumpConfig, paths: Paths, source: str) -> list[Problem]:
+    """Errors: what kdump.conf names but the host lacks. Empty list = the host is fine."""
+    problems: list[Problem] = []
+    lines = config.lines
+
+    if config.target is None:
+        location = resolve_under_root(paths, config.path)
+        if location is None or not location.is_dir():
+            problems.append(
+                Problem(
+                    source,
+                    lines.get("path", 0),
+                    f"Dump path {config.path} does not exist. Create the directory "
+                    "or set 'path' to an existing one.",
+                )
+            )
+    elif config.target.kind == "raw":
+        device = config.target.value
+        if resolve_under_root(paths, device) is None:
+            problems.append(
+                Problem(
+                    source,
+                    lines.get("raw", 0),
+                    f"Bad raw disk {device}: no such device. Name the block device by a "
+                    "persistent path such as /dev/disk/by-id/...",
+                )
+            )
+
+    problems += _check_programs(paths, config.extra_bins, lines.get("extra_bins", 0), source)
+    for hook in ("kdump_pre", "kdump_post", "kdump_emergency"):
+        program = getattr(config, hook)
+        if program is not None:
+            problems += _check_programs(paths, (program,), lines.get(hook, 0), source)
+
+    if config.fence_kdump_nodes:
+        local = set(_ALWAYS_LOCAL)
+        hostname = local_hostname(paths)
+        if hostname:
+            local |= {hostname.lower(), hostname.split(".")[0].lower()}
+        for node in config.fence_kdump_nodes:
+            if node.lower() in local:
+                problems.append(
+                    Problem(
+                        source,
+                        lines.get("fence_kdump_nodes", 0),
+                        f"Option fence_kdump_nodes cannot contain {node}. "
+                        "List the other cluster nodes only.",
+                    )
+                )
+    return problems
+
+
+def check_host_warnings(config: KdumpConfig, paths: Paths, source: str) -> list[Problem]:
+    """Warnings: kdumpctl prints these and carries on."""
+    warnings: list[Problem] = []
+    if "sshkey" in config.lines and resolve_under_root(paths, config.sshkey) is None:
+        warnings.append(
+            Problem(
+                source,
+                config.lines["sshkey"],
+                f"'{config.sshkey}' doesn't exist, using default value '{DEFAULT_SSHKEY}'",
+            )
+        )
+    return warnings
+
+
+def effective_sshkey(config: KdumpConfig, paths: Paths) -> str:
+    """The key ssh dumps use: the configured one if it exists, else the default (§1.3)."""
+    if resolve_under_root(paths, config.sshkey) is not None:
+        return config.sshkey
+    return DEFAULT_SSHKEY

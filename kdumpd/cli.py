@@ -1,0 +1,538 @@
+"""kdumpctl: the administrator's command line, compatible with kdump-utils' kdumpctl.
+
+Owns argument parsing, the choice between kdump-utils style console lines and
+``--json`` output, exit codes, and the read-only commands (status, showmem,
+get-default-crashkernel, estimate, check-config). The arming commands (start,
+stop, restart, reload, rebuild) are use cases of :mod:`kdumpd.manager`; this
+module only dispatches to them.
+
+Output conventions (compatible with kdump-utils, §3): messages go to stderr as
+``kdump: <text>``; data a script consumes (get-default-crashkernel, estimate)
+goes to stdout. With ``--json`` one JSON object goes to stdout, always with
+``"schema_version": 1``, and nothing is printed on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from kdumpd import crashkernel, host
+from kdumpd.config import (
+    check_host,
+    check_host_warnings,
+    load_kdump_conf,
+    load_sysconfig,
+)
+from kdumpd.config.sysconfig import SysConfig, canonical_arch
+from kdumpd.errors import (
+    ConfigError,
+    ExitCode,
+    KdumpError,
+    Problem,
+    UnsupportedCommand,
+    user_message,
+)
+from kdumpd.messages import ConsoleMessages, Messages, RecordedMessages
+from kdumpd.paths import Paths
+
+SCHEMA_VERSION = 1
+
+#: The commands of kdump-utils' usage line (§3.1), plus kdumpd's check-config.
+USAGE_COMMANDS = (
+    "estimate",
+    "start",
+    "stop",
+    "status",
+    "restart",
+    "reload",
+    "rebuild",
+    "reset-crashkernel",
+    "propagate",
+    "showmem",
+    "test",
+    "setup-crypttab",
+    "get-default-crashkernel",
+    "check-config",
+)
+USAGE = "Usage: kdumpctl {" + "|".join(USAGE_COMMANDS) + "}"
+
+#: Commands that are use cases of kdumpd.manager: the function has the command's name.
+MANAGER_COMMANDS = ("start", "stop", "restart", "reload", "rebuild")
+#: kdump-utils commands kdumpd does not offer yet.
+PENDING_COMMANDS = ("propagate", "test", "reset-crashkernel", "setup-crypttab")
+
+
+class UsageError(KdumpError):
+    """The command line cannot be understood."""
+
+
+@dataclass
+class Context:
+    """What every command needs: the tree, the output mode and the machine."""
+
+    paths: Paths
+    json: bool
+    messages: Messages
+    stdout: TextIO
+    machine: os.uname_result
+
+    @property
+    def arch(self) -> str:
+        return self.machine.machine
+
+    def sysconfig(self) -> SysConfig:
+        """The kdump variables, warnings about them sent to messages."""
+        config, problems = load_sysconfig(self.paths, self.arch)
+        for problem in problems:
+            self.messages.warn(str(problem))
+        return config
+
+    def kernel_release(self, sysconfig: SysConfig) -> str:
+        notes: list[str] = []
+        release = host.kernel_release(
+            self.paths, sysconfig, running=self.machine.release, notes=notes
+        )
+        for note in notes:
+            self.messages.info(note)
+        return release
+
+    def emit(self, document: dict[str, Any]) -> None:
+        """Write one JSON document to stdout, schema_version and messages included."""
+        payload: dict[str, Any] = {"schema_version": SCHEMA_VERSION, **document}
+        if isinstance(self.messages, RecordedMessages):
+            payload["messages"] = self.messages.as_json()
+        self.stdout.write(json.dumps(payload, indent=2) + "\n")
+        self.stdout.flush()
+
+
+# ---------------------------------------------------------------------------
+# argument parsing
+
+
+class _ParseError(Exception):
+    def __init__(self, message: str, parser: argparse.ArgumentParser, top: bool) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.top = top
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of exiting, so main() picks the exit code."""
+
+    top_level = False
+
+    def error(self, message: str) -> NoReturn:
+        raise _ParseError(message, self, self.top_level)
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # On subcommands the defaults are suppressed, so that an option given before
+    # the subcommand is not overwritten by the subparser's default.
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        default=argparse.SUPPRESS if suppress else "/",
+        help="act on the system tree at DIR instead of / (for tests and images)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="print one JSON object on stdout instead of kdump: lines",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The kdumpctl argument parser."""
+    parser = _Parser(prog="kdumpctl", description="Arm kdump and inspect its state.")
+    parser.top_level = True
+    _add_global_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _add_global_options(sub, suppress=True)
+        return sub
+
+    add("status", "say whether kdump is operational (exit 0) or not (exit 3)")
+    add("showmem", "show the memory reserved for the crash kernel")
+    sub = add("get-default-crashkernel", "print the default crashkernel= value of this machine")
+    sub.add_argument("mode", nargs="?", default="kdump", help="kdump (default) or fadump")
+    sub = add("estimate", "estimate the memory the capture kernel needs")
+    sub.add_argument(
+        "--initrd", metavar="FILE", type=Path, help="capture initramfs to measure (default: built)"
+    )
+    sub.add_argument(
+        "--modules-list",
+        metavar="FILE",
+        type=Path,
+        help="modules of the capture initramfs, one per line (hostonly-kernel-modules.txt)",
+    )
+    sub = add("check-config", "validate kdump.conf and the kdump variables file")
+    sub.add_argument("--config", metavar="FILE", type=Path, help="check FILE, not kdump.conf")
+    add("start", "build the capture initramfs if needed and load the capture kernel")
+    add("stop", "unload the capture kernel")
+    add("restart", "stop, then start")
+    add("reload", "reload the capture kernel with the current configuration")
+    add("rebuild", "rebuild the capture initramfs")
+    add("propagate", "install the ssh key on the dump server")
+    sub = add("test", "crash the system on purpose to test the dump")
+    sub.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    sub = add("reset-crashkernel", "set crashkernel= of the boot entries to the default")
+    sub.add_argument("options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    add("setup-crypttab", "let systemd-cryptsetup keep LUKS keys for kdump")
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# commands
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl status (§3.5): operational => 0, not operational => 3."""
+    status = host.read_status(ctx.paths)
+    if not status.operational and status.reason:
+        ctx.messages.error(status.reason)
+    verdict = "Kdump is operational" if status.operational else "Kdump is not operational"
+    ctx.messages.info(verdict)
+    if ctx.json:
+        ctx.emit(
+            {
+                "command": "status",
+                "operational": status.operational,
+                "reason": status.reason,
+                "mode": status.mode,
+                "supported": status.supported,
+                "reserved_bytes": status.reserved_bytes,
+                "loaded": status.loaded,
+            }
+        )
+    return ExitCode.OK if status.operational else ExitCode.NOT_OPERATIONAL
+
+
+def cmd_showmem(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl showmem (§3.12)."""
+    mode = host.dump_mode(ctx.paths)
+    reserved = host.crash_size_bytes(ctx.paths, mode)
+    ctx.messages.info(f"Reserved {reserved // host.MIB}MB memory for crash kernel")
+    if ctx.json:
+        ctx.emit(
+            {
+                "command": "showmem",
+                "mode": mode,
+                "reserved_bytes": reserved,
+                "reserved_mib": reserved // host.MIB,
+            }
+        )
+    return ExitCode.OK
+
+
+def default_crashkernel_for_host(ctx: Context, mode: str, sysconfig: SysConfig) -> str:
+    """The default crashkernel= value for this machine, gathering only the inputs its arch uses."""
+    arch = canonical_arch(ctx.arch)
+    kwargs: dict[str, Any] = {"mode": mode}
+    if arch in ("x86_64", "s390x"):
+        kwargs["sme_sev_active"] = crashkernel.sme_sev_active(host.read_kernel_log(ctx.paths))
+    elif arch == "aarch64":
+        kwargs["kernel_release"] = ctx.kernel_release(sysconfig)
+        kwargs["arm_smmu_present"] = crashkernel.arm_smmu_present(ctx.paths)
+        kwargs["mlx5_bound"] = crashkernel.mlx5_bound(ctx.paths)
+    elif arch == "ppc64le":
+        append = (
+            sysconfig.fadump_commandline_append
+            if mode == "fadump"
+            else sysconfig.commandline_append
+        )
+        kwargs["nr_cpus"] = crashkernel.nr_cpus_from_cmdline_append(append)
+    return crashkernel.default_crashkernel(ctx.arch, **kwargs)
+
+
+def cmd_get_default_crashkernel(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl get-default-crashkernel [kdump|fadump] (§4.1): the value, no newline."""
+    mode = args.mode
+    if mode not in ("kdump", "fadump"):
+        raise UsageError(
+            f"kdumpctl get-default-crashkernel: unknown dump mode {mode!r}; use kdump or fadump"
+        )
+    value = default_crashkernel_for_host(ctx, mode, ctx.sysconfig())
+    if ctx.json:
+        ctx.emit(
+            {
+                "command": "get-default-crashkernel",
+                "arch": ctx.arch,
+                "mode": mode,
+                "crashkernel": value,
+            }
+        )
+    else:
+        ctx.stdout.write(value)
+        ctx.stdout.flush()
+    return ExitCode.OK
+
+
+def _built_image(paths: Paths, kver: str) -> Path | None:
+    """The capture initramfs kdumpd builds for ``kver``, once the builder exists."""
+    try:
+        initramfs = importlib.import_module("kdumpd.initramfs")
+    except ModuleNotFoundError as exc:
+        if exc.name == "kdumpd.initramfs":
+            return None
+        raise
+    image_path = getattr(initramfs, "image_path", None)
+    if image_path is None:
+        return None
+    location = image_path(paths, kver)
+    return location if isinstance(location, Path) else None
+
+
+def cmd_estimate(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl estimate (§4.3): reserved vs. recommended, with the parts of the estimate."""
+    paths = ctx.paths
+    sysconfig = ctx.sysconfig()
+    kver = ctx.kernel_release(sysconfig)
+    mode = host.dump_mode(paths)
+    try:
+        default = default_crashkernel_for_host(ctx, mode, sysconfig)
+    except crashkernel.CrashkernelError as exc:
+        # No default table for this machine: the estimate alone still helps.
+        ctx.messages.info(f"Note: no baseline: {exc}")
+        baseline_text = "0M"
+    else:
+        mem_gib = crashkernel.read_iomem_memory_gib(paths)
+        baseline_text = crashkernel.recommend_size(default, mem_gib)
+    try:
+        kernel_image: Path | None = host.find_kernel(paths, sysconfig, kver)
+    except host.KernelNotFound:
+        kernel_image = None
+    initrd = args.initrd if args.initrd is not None else _built_image(paths, kver)
+    estimate = host.estimate_capture_memory(
+        reserved=host.crash_size_bytes(paths, mode),
+        baseline=crashkernel.parse_size(baseline_text),
+        kernel=host.kernel_image_size(paths, kernel_image),
+        loaded=host.loaded_modules(paths),
+        image_modules=host.read_module_list(args.modules_list),
+        initramfs=initrd,
+    )
+    for note in estimate.notes:
+        ctx.messages.info(f"Note: {note}")
+    if ctx.json:
+        ctx.emit(
+            {
+                "command": "estimate",
+                "mode": mode,
+                "kernel_release": kver,
+                "reserved_bytes": estimate.reserved,
+                "recommended_bytes": estimate.recommended,
+                "baseline_bytes": estimate.baseline,
+                "estimated_bytes": estimate.estimated,
+                "kernel_image_bytes": estimate.kernel.bytes,
+                "kernel_image_source": estimate.kernel.source,
+                "kernel_modules_bytes": estimate.modules_total,
+                "initramfs_bytes": estimate.initramfs,
+                "runtime_bytes": estimate.runtime,
+                "large_modules": estimate.large_modules,
+                "image_built": estimate.image_built,
+                "too_small": estimate.too_small,
+                "notes": list(estimate.notes),
+            }
+        )
+    else:
+        ctx.stdout.write("".join(line + "\n" for line in host.format_estimate(estimate)))
+        ctx.stdout.flush()
+    return ExitCode.OK
+
+
+def collect_config_problems(
+    paths: Paths, arch: str, override: Path | None
+) -> tuple[list[Problem], list[Problem]]:
+    """Every error and warning of kdump.conf, the host checks and the variables file.
+
+    Reads files only; starts no program. Returns ``(errors, warnings)``.
+    """
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    try:
+        parsed = load_kdump_conf(paths, override)
+    except ConfigError as exc:
+        errors.extend(exc.problems)
+    else:
+        warnings.extend(parsed.warnings)
+        source = _display_name(paths, override if override is not None else paths.kdump_conf)
+        errors.extend(check_host(parsed.config, paths, source))
+        warnings.extend(check_host_warnings(parsed.config, paths, source))
+    try:
+        _, problems = load_sysconfig(paths, arch)
+    except ConfigError as exc:
+        errors.extend(exc.problems)
+    else:
+        warnings.extend(problems)
+    return errors, warnings
+
+
+def _display_name(paths: Paths, location: Path) -> str:
+    """A tree path as the managed system names it (``/etc/kdump.conf``)."""
+    try:
+        return "/" + str(location.relative_to(paths.root)).lstrip("/")
+    except ValueError:
+        return str(location)
+
+
+def _problem_json(problem: Problem) -> dict[str, Any]:
+    return {"file": problem.file, "line": problem.line, "message": problem.message}
+
+
+def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl check-config [--config FILE]: validate without touching the system."""
+    override = args.config.absolute() if args.config is not None else None
+    errors, warnings = collect_config_problems(ctx.paths, ctx.arch, override)
+    for warning in warnings:
+        ctx.messages.warn(str(warning))
+    for error in errors:
+        ctx.messages.error(str(error))
+    if ctx.json:
+        ctx.emit(
+            {
+                "command": "check-config",
+                "valid": not errors,
+                "errors": [_problem_json(p) for p in errors],
+                "warnings": [_problem_json(p) for p in warnings],
+            }
+        )
+    return ExitCode.OK if not errors else ExitCode.FAILURE
+
+
+def _manager_function(command: str) -> Callable[[Paths, Messages], None]:
+    """kdumpd.manager.<command>; UnsupportedCommand while it has not landed."""
+    try:
+        manager = importlib.import_module("kdumpd.manager")
+    except ModuleNotFoundError as exc:
+        if exc.name != "kdumpd.manager":
+            raise
+        raise UnsupportedCommand(f"kdumpctl {command}: not implemented yet") from None
+    except ImportError as exc:
+        # The manager exists but a module it needs has not landed yet.
+        raise UnsupportedCommand(
+            f"kdumpctl {command}: not implemented yet (kdumpd.manager cannot load: {exc})"
+        ) from None
+    function = getattr(manager, command, None)
+    if not callable(function):
+        raise UnsupportedCommand(f"kdumpctl {command}: not implemented yet")
+    return function  # type: ignore[no-any-return]
+
+
+def cmd_manager(ctx: Context, args: argparse.Namespace) -> int:
+    """start, stop, restart, reload, rebuild: the use cases of kdumpd.manager."""
+    function = _manager_function(args.command)
+    function(ctx.paths, ctx.messages)
+    if ctx.json:
+        ctx.emit({"command": args.command, "ok": True})
+    return ExitCode.OK
+
+
+def cmd_pending(ctx: Context, args: argparse.Namespace) -> int:
+    """kdump-utils commands kdumpd does not offer yet: say so, never pretend."""
+    raise UnsupportedCommand(f"kdumpctl {args.command}: not implemented yet")
+
+
+Command = Callable[[Context, argparse.Namespace], int]
+
+COMMANDS: dict[str, Command] = {
+    "status": cmd_status,
+    "showmem": cmd_showmem,
+    "get-default-crashkernel": cmd_get_default_crashkernel,
+    "estimate": cmd_estimate,
+    "check-config": cmd_check_config,
+    **dict.fromkeys(MANAGER_COMMANDS, cmd_manager),
+    **dict.fromkeys(PENDING_COMMANDS, cmd_pending),
+}
+
+
+# ---------------------------------------------------------------------------
+# entry point
+
+
+def _fail(
+    *,
+    as_json: bool,
+    messages: Messages,
+    stdout: TextIO,
+    message: str,
+    code: int,
+    already_reported: bool = False,
+) -> int:
+    if as_json:
+        payload: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "error": {"message": message, "exit_code": code},
+        }
+        if isinstance(messages, RecordedMessages):
+            payload["messages"] = messages.as_json()
+        stdout.write(json.dumps(payload, indent=2) + "\n")
+        stdout.flush()
+    elif not already_reported:
+        messages.error(message)
+    return code
+
+
+def main(argv: Sequence[str] | None = None, *, uname: os.uname_result | None = None) -> int:
+    """Run kdumpctl with ``argv`` (default: the process arguments); return the exit code.
+
+    ``uname`` is the machine and running kernel release (default: ``os.uname()``);
+    tests pass another machine.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    stdout = sys.stdout
+    as_json = "--json" in arguments
+    messages: Messages = RecordedMessages() if as_json else ConsoleMessages(stream=sys.stderr)
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(arguments)
+    except _ParseError as exc:
+        if exc.top and str(exc).startswith("argument COMMAND"):
+            # kdump-utils: unknown or missing subcommand => usage line, exit 1 (§3.1).
+            return _fail(as_json=as_json, messages=messages, stdout=stdout, message=USAGE, code=1)
+        return _fail(
+            as_json=as_json,
+            messages=messages,
+            stdout=stdout,
+            message=f"{exc.parser.prog}: {exc}\n{exc.parser.format_usage().strip()}",
+            code=ExitCode.USAGE,
+        )
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    if args.command is None:
+        return _fail(as_json=as_json, messages=messages, stdout=stdout, message=USAGE, code=1)
+
+    ctx = Context(
+        paths=Paths(root=Path(args.root).absolute()),
+        json=as_json,
+        messages=messages,
+        stdout=stdout,
+        machine=uname if uname is not None else os.uname(),
+    )
+    try:
+        return int(COMMANDS[args.command](ctx, args))
+    except KdumpError as exc:
+        return _fail(
+            as_json=as_json,
+            messages=messages,
+            stdout=stdout,
+            message=user_message(exc),
+            code=int(exc.exit_code),
+            already_reported=bool(getattr(exc, "reported", False)),
+        )
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

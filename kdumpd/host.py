@@ -1,0 +1,646 @@
+"""Readings of the running system: reservation, loaded state, dump mode, Secure Boot, kernels.
+
+Everything here reads files under a :class:`~kdumpd.paths.Paths` (so tests and
+``kdumpctl --root`` point it at another tree) and starts programs only through
+:func:`kdumpd.proc.run`. Most functions are pure functions of file contents;
+the readers around them are thin.
+
+Compatibility facts (kdump-utils ``kdumpctl``/``kdump-lib.sh``) are cited by the
+section of the reference spec they come from (§N).
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import os
+import re
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from kdumpd import proc
+from kdumpd.config.sysconfig import SysConfig
+from kdumpd.errors import KdumpError
+from kdumpd.paths import Paths
+
+DumpMode = Literal["kdump", "fadump"]
+
+MIB = 1024 * 1024
+
+
+class KernelNotFound(KdumpError):
+    """No kernel image for the capture kernel release was found in the boot directories."""
+
+
+# ---------------------------------------------------------------------------
+# machine identity
+
+
+def machine_arch(uname: Callable[[], os.uname_result] = os.uname) -> str:
+    """The machine architecture as ``uname -m`` prints it (``x86_64``, ``aarch64``, ...)."""
+    return uname().machine
+
+
+def running_release(uname: Callable[[], os.uname_result] = os.uname) -> str:
+    """The running kernel's release as ``uname -r`` prints it."""
+    return uname().release
+
+
+_DEBUG_SUFFIXES = ("+debug", "-debug")
+
+
+def kernel_release(
+    paths: Paths,
+    sysconfig: SysConfig,
+    *,
+    running: str | None = None,
+    notes: list[str] | None = None,
+) -> str:
+    """The release of the capture kernel (§2 ``KDUMP_KERNELVER``).
+
+    ``KDUMP_KERNELVER`` wins when set. Otherwise the running
+    release is used, except that a debug kernel (``+debug``/``-debug``) is
+    replaced by its non-debug sibling when that one's modules are installed:
+    debug kernels need far more memory than the reservation was sized for.
+    A sentence for the user is appended to ``notes`` when that happens.
+    """
+    if sysconfig.kernelver.strip():
+        return sysconfig.kernelver.strip()
+    release = running if running is not None else running_release()
+    for suffix in _DEBUG_SUFFIXES:
+        if release.endswith(suffix):
+            plain = release[: -len(suffix)]
+            if (paths.modules / plain / "modules.dep").is_file():
+                if notes is not None:
+                    notes.append(f"Use of debug kernel detected. Trying to use {plain}")
+                return plain
+    return release
+
+
+# ---------------------------------------------------------------------------
+# reservation and loaded state (§3.1, §3.2)
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _read_int(path: Path) -> int | None:
+    """An integer sysfs attribute, or None when the file is missing or not a number."""
+    text = _read_text(path)
+    if text is None:
+        return None
+    try:
+        return int(text.strip() or "0", 0)
+    except ValueError:
+        return None
+
+
+def dump_mode(paths: Paths) -> DumpMode:
+    """``fadump`` when ``/sys/kernel/fadump/enabled`` is 1, else ``kdump`` (§3.1)."""
+    return "fadump" if _read_int(paths.fadump_enabled) == 1 else "kdump"
+
+
+def kexec_supported(paths: Paths) -> bool:
+    """The kernel was built with crash-kexec support: ``/sys/kernel/kexec_crash_loaded`` exists."""
+    return paths.kexec_crash_loaded.exists()
+
+
+def crash_size_bytes(paths: Paths, mode: DumpMode | None = None) -> int:
+    """Memory reserved for the capture kernel in bytes; 0 when none or unknown (§3.2)."""
+    mode = mode or dump_mode(paths)
+    node = paths.fadump_mem_reserved if mode == "fadump" else paths.kexec_crash_size
+    return max(_read_int(node) or 0, 0)
+
+
+def crash_loaded(paths: Paths, mode: DumpMode | None = None) -> bool:
+    """The capture kernel is loaded (kdump) or registered (fadump) (§3.2)."""
+    mode = mode or dump_mode(paths)
+    node = paths.fadump_registered if mode == "fadump" else paths.kexec_crash_loaded
+    return _read_int(node) == 1
+
+
+@dataclass(frozen=True)
+class Status:
+    """What ``kdumpctl status`` reports (§3.5), with the reason when not operational."""
+
+    mode: DumpMode
+    supported: bool
+    reserved_bytes: int
+    loaded: bool
+
+    @property
+    def operational(self) -> bool:
+        return self.reason is None
+
+    @property
+    def reason(self) -> str | None:
+        """Why kdump is not operational, as the one sentence kdump-utils prints; None if it is."""
+        if not self.supported:
+            return f"{self.mode.capitalize()} is not supported on this kernel"
+        if self.mode == "kdump" and self.reserved_bytes == 0:
+            return "No memory reserved for crash kernel"
+        if not self.loaded:
+            return "capture kernel not loaded"
+        return None
+
+
+def read_status(paths: Paths) -> Status:
+    """Read mode, support, reservation and loaded state of the system under ``paths``."""
+    mode = dump_mode(paths)
+    # fadump skips the kexec feasibility checks; its own node tells support.
+    supported = paths.fadump_registered.exists() if mode == "fadump" else kexec_supported(paths)
+    return Status(
+        mode=mode,
+        supported=supported,
+        reserved_bytes=crash_size_bytes(paths, mode),
+        loaded=crash_loaded(paths, mode),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Secure Boot (§2.2 "Secure Boot detection")
+
+
+def _efivar_value(efivars: Path, name: str) -> int | None:
+    """The first value byte of EFI variable ``name-<guid>`` (after 4 attribute bytes)."""
+    try:
+        candidates = sorted(efivars.glob(f"{name}-*"))
+    except OSError:
+        return None
+    for candidate in candidates:
+        try:
+            data = candidate.read_bytes()
+        except OSError:
+            continue
+        if len(data) >= 5:
+            return data[4]
+    return None
+
+
+def secure_boot_enforced(paths: Paths) -> bool:
+    """Secure Boot is enforced, so kexec must use the signature-checking file syscall (``-s``).
+
+    EFI: ``SecureBoot`` is 1 and ``SetupMode`` is 0. PowerPC: the device tree has
+    ``ibm,secureboot/os-secureboot-enforcing`` or ``ibm,secure-boot`` >= 2.
+    s390: ``/sys/firmware/ipl/secure`` is 1.
+    """
+    if (
+        _efivar_value(paths.efivars, "SecureBoot") == 1
+        and _efivar_value(paths.efivars, "SetupMode") == 0
+    ):
+        return True
+    if (paths.device_tree / "ibm,secureboot" / "os-secureboot-enforcing").exists():
+        return True
+    try:
+        level = (paths.device_tree / "ibm,secure-boot").read_bytes()
+    except OSError:
+        level = b""
+    if len(level) >= 4 and int.from_bytes(level[:4], "big") >= 2:
+        return True
+    return _read_int(paths.ipl_secure) == 1
+
+
+# ---------------------------------------------------------------------------
+# memory and modules
+
+
+_IOMEM_LINE = re.compile(r"^(\s*)([0-9a-fA-F]+)-([0-9a-fA-F]+)\s*:\s*(.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class IomemRange:
+    """One line of /proc/iomem: inclusive byte range, nesting depth, name."""
+
+    start: int
+    end: int
+    depth: int
+    name: str
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_iomem(text: str) -> list[IomemRange]:
+    """Parse /proc/iomem; nesting depth is the indentation in steps of two spaces."""
+    ranges = []
+    for line in text.splitlines():
+        match = _IOMEM_LINE.match(line)
+        if match:
+            indent, start, end, name = match.groups()
+            ranges.append(IomemRange(int(start, 16), int(end, 16), len(indent) // 2, name))
+    return ranges
+
+
+def system_memory_bytes(paths: Paths) -> int:
+    """Sum of top-level ``System RAM`` ranges of /proc/iomem; 0 when unreadable."""
+    text = _read_text(paths.proc_iomem) or ""
+    return sum(r.size for r in parse_iomem(text) if r.depth == 0 and r.name == "System RAM")
+
+
+def meminfo_total_kib(paths: Paths) -> int:
+    """``MemTotal`` of /proc/meminfo in KiB; 0 when unreadable."""
+    for line in (_read_text(paths.proc_meminfo) or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "MemTotal":
+            fields = value.split()
+            if fields and fields[0].isdigit():
+                return int(fields[0])
+    return 0
+
+
+def iomem_kernel_bytes(paths: Paths) -> int:
+    """Size of the running kernel from /proc/iomem ``Kernel code|rodata|data|bss`` (§4.3)."""
+    text = _read_text(paths.proc_iomem) or ""
+    wanted = {"Kernel code", "Kernel rodata", "Kernel data", "Kernel bss"}
+    return sum(r.size for r in parse_iomem(text) if r.name in wanted)
+
+
+def parse_proc_modules(text: str) -> dict[str, int]:
+    """Module name -> size in bytes from /proc/modules lines ``name size refs deps state addr``."""
+    modules: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[1].isdigit():
+            modules[fields[0]] = int(fields[1])
+    return modules
+
+
+def loaded_modules(paths: Paths) -> dict[str, int]:
+    """Loaded modules with their sizes; empty when /proc/modules is unreadable."""
+    return parse_proc_modules(_read_text(paths.proc_modules) or "")
+
+
+# ---------------------------------------------------------------------------
+# kernel log
+
+
+def read_kernel_log(paths: Paths) -> str:
+    """The kernel log of this boot, or "" when no reader works.
+
+    ``journalctl -k`` first (it keeps messages that fell out of the ring buffer),
+    then ``dmesg``. For a tree other than ``/`` only the journal stored in that
+    tree is read (``--root``); ``dmesg`` would describe this machine instead.
+    """
+    live = paths.root == Path("/")
+    attempts: list[list[str]] = []
+    if live:
+        attempts.append(["journalctl", "-k", "-b", "--no-pager", "-q"])
+        attempts.append(["dmesg"])
+    else:
+        attempts.append(["journalctl", "--root", str(paths.root), "-k", "--no-pager", "-q"])
+    for argv in attempts:
+        try:
+            result = proc.run(argv, timeout=30)
+        except proc.ProgramError:
+            continue
+        if result.stdout.strip():
+            return result.stdout
+    return ""
+
+
+# ---------------------------------------------------------------------------
+# kernel image lookup (§2)
+
+DEFAULT_BOOT_DIRS = ("/boot", "/boot/efi", "/efi", "/")
+_GRUB_DEVICE = re.compile(r"^\([^)]*\)")
+
+
+def boot_image_from_cmdline(cmdline: str) -> str | None:
+    """``BOOT_IMAGE=`` of the kernel command line, without a grub ``(hdX,Y)`` device prefix."""
+    for token in cmdline.split():
+        if token.startswith("BOOT_IMAGE="):
+            value = _GRUB_DEVICE.sub("", token.removeprefix("BOOT_IMAGE="))
+            return value or None
+    return None
+
+
+def kernel_candidates(
+    paths: Paths,
+    kver: str,
+    *,
+    bootdir: str = "",
+    img: str = "vmlinuz",
+    img_ext: str = "",
+) -> list[str]:
+    """Absolute paths of the managed system to try, in kdump-utils order (§2)."""
+    cmdline = _read_text(paths.proc_cmdline) or ""
+    machine_id = (_read_text(paths.machine_id) or "").strip()
+    names: list[str] = []
+    boot_image = boot_image_from_cmdline(cmdline)
+    if boot_image and boot_image.endswith(kver):
+        names.append(boot_image)
+    names.append(f"{img or 'vmlinuz'}-{kver}{img_ext}")
+    if machine_id:
+        names.append(f"{machine_id}/{kver}/{img or 'vmlinuz'}")
+        names.append(f"EFI/Linux/{machine_id}-{kver}.efi")
+    dirs = bootdir.split() if bootdir.strip() else list(DEFAULT_BOOT_DIRS)
+    candidates: list[str] = []
+    for directory in dirs:
+        for name in names:
+            joined = re.sub("/+", "/", f"/{directory}/{name}")
+            if joined not in candidates:
+                candidates.append(joined)
+    return candidates
+
+
+def find_kernel(paths: Paths, sysconfig: SysConfig, kver: str) -> Path:
+    """The capture kernel's image under ``paths`` (§2 lookup order).
+
+    KDUMP_BOOTDIR restricts the directories searched; KDUMP_IMG and KDUMP_IMG_EXT
+    shape the file name. Raises :class:`KernelNotFound` naming every location tried.
+    """
+    tried = kernel_candidates(
+        paths, kver, bootdir=sysconfig.bootdir, img=sysconfig.img, img_ext=sysconfig.img_ext
+    )
+    for candidate in tried:
+        located = paths.under_root(candidate)
+        if located.is_file():
+            return located
+    where = "KDUMP_BOOTDIR, KDUMP_IMG and KDUMP_IMG_EXT in the kdump variables file"
+    raise KernelNotFound(
+        f"Failed to detect kdump kernel location for {kver}: tried {', '.join(tried)}. "
+        f"Install the kernel image or set {where}."
+    )
+
+
+# ---------------------------------------------------------------------------
+# kernel image size (§4.3 step 4)
+
+PT_LOAD = 1
+ELF_MAGIC = b"\x7fELF"
+
+# Compressed payload magics of a bzImage / zboot image, as the kernel's
+# scripts/extract-vmlinux scans for them. Only the stdlib-decodable ones are
+# tried; the others are named so the estimate can say why it fell back.
+_DECODABLE_MAGICS: tuple[tuple[str, bytes], ...] = (
+    ("gzip", b"\x1f\x8b\x08"),
+    ("xz", b"\xfd7zXZ\x00"),
+    ("bzip2", b"BZh"),
+    ("lzma", b"\x5d\x00\x00\x00"),
+)
+UNSUPPORTED_FORMATS: tuple[tuple[str, bytes], ...] = (
+    ("zstd", b"\x28\xb5\x2f\xfd"),
+    ("lz4", b"\x02\x21\x4c\x18"),
+    ("lzo", b"\x89LZO"),
+)
+# Enough decompressed bytes to hold the ELF and program headers of any kernel.
+_HEADER_BYTES = 256 * 1024
+# Cap on attempts per format: magics are short and recur by chance in code.
+_MAX_TRIES_PER_FORMAT = 64
+
+
+def elf_load_memsz(data: bytes) -> int | None:
+    """Sum of ``p_memsz`` over PT_LOAD program headers of an ELF image; None if not ELF.
+
+    Only the header part of ``data`` is needed.
+    """
+    if len(data) < 52 or not data.startswith(ELF_MAGIC):
+        return None
+    elf_class, encoding = data[4], data[5]
+    if elf_class not in (1, 2) or encoding not in (1, 2):
+        return None
+    order = "<" if encoding == 1 else ">"
+    try:
+        if elf_class == 2:
+            (phoff,) = struct.unpack_from(order + "Q", data, 32)
+            phentsize, phnum = struct.unpack_from(order + "HH", data, 54)
+        else:
+            (phoff,) = struct.unpack_from(order + "I", data, 28)
+            phentsize, phnum = struct.unpack_from(order + "HH", data, 42)
+        total = 0
+        for index in range(phnum):
+            base = phoff + index * phentsize
+            (p_type,) = struct.unpack_from(order + "I", data, base)
+            if p_type != PT_LOAD:
+                continue
+            if elf_class == 2:
+                (p_memsz,) = struct.unpack_from(order + "Q", data, base + 40)
+            else:
+                (p_memsz,) = struct.unpack_from(order + "I", data, base + 20)
+            total += p_memsz
+    except struct.error:
+        return None
+    return total
+
+
+def _offsets(data: bytes, magic: bytes) -> Iterator[int]:
+    start = 0
+    for _ in range(_MAX_TRIES_PER_FORMAT):
+        found = data.find(magic, start)
+        if found < 0:
+            return
+        yield found
+        start = found + 1
+
+
+def _decompress_head(fmt: str, payload: bytes) -> bytes:
+    """The first _HEADER_BYTES of a compressed stream; raises on corrupt data."""
+    if fmt == "gzip":
+        return zlib.decompressobj(wbits=31).decompress(payload, _HEADER_BYTES)
+    if fmt == "xz":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload, _HEADER_BYTES)
+    if fmt == "lzma":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(payload, _HEADER_BYTES)
+    if fmt == "bzip2":
+        return bz2.BZ2Decompressor().decompress(payload, _HEADER_BYTES)
+    raise ValueError(f"unknown format {fmt}")
+
+
+@dataclass(frozen=True)
+class KernelSize:
+    """Kernel image memory footprint and how it was obtained."""
+
+    bytes: int
+    source: str  # "elf", "gzip", "xz", "bzip2", "lzma" or "iomem"
+    note: str | None = None
+
+
+def image_load_size(data: bytes) -> tuple[int | None, str | None]:
+    """PT_LOAD memsz of a kernel image: plain ELF, or an ELF compressed inside it.
+
+    Returns ``(size, how)`` on success, else ``(None, unsupported)`` where
+    ``unsupported`` names a compression found that the stdlib cannot decode.
+    """
+    plain = elf_load_memsz(data)
+    if plain is not None:
+        return plain, "elf"
+    for fmt, magic in _DECODABLE_MAGICS:
+        for offset in _offsets(data, magic):
+            try:
+                head = _decompress_head(fmt, data[offset:])
+            except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError):
+                continue
+            size = elf_load_memsz(head)
+            if size is not None:
+                return size, fmt
+    for fmt, magic in UNSUPPORTED_FORMATS:
+        if magic in data:
+            return None, fmt
+    return None, None
+
+
+def kernel_image_size(paths: Paths, image: Path | None) -> KernelSize:
+    """Memory the capture kernel image occupies once loaded (§4.3 step 4).
+
+    Falls back to the running kernel's ``Kernel code/rodata/data/bss`` in
+    /proc/iomem when the image is missing, not ELF, or compressed in a format
+    the stdlib cannot decode (zstd, lz4, lzo).
+    """
+    note: str | None = None
+    if image is not None:
+        try:
+            data = image.read_bytes()
+        except OSError as exc:
+            note = f"cannot read kernel image {image}: {exc.strerror}"
+        else:
+            size, how = image_load_size(data)
+            if size is not None:
+                return KernelSize(size, how or "elf")
+            if how is not None:
+                note = f"kernel image is {how}-compressed, which kdumpd cannot decompress"
+            else:
+                note = "kernel image holds no ELF kernel kdumpd can find"
+    fallback = iomem_kernel_bytes(paths)
+    if note is None:
+        note = "kernel image not found"
+    return KernelSize(fallback, "iomem", f"{note}; using /proc/iomem Kernel code/data sizes")
+
+
+def read_module_list(path: Path | None) -> frozenset[str] | None:
+    """Module names listed one per line (``hostonly-kernel-modules.txt``); None if absent.
+
+    Names are normalised to the /proc/modules spelling (``-`` becomes ``_``).
+    """
+    if path is None:
+        return None
+    text = _read_text(path)
+    if text is None:
+        return None
+    return frozenset(line.strip().replace("-", "_") for line in text.splitlines() if line.strip())
+
+
+# ---------------------------------------------------------------------------
+# memory estimate (§4.3)
+
+RUNTIME_BYTES = 16 * MIB
+# Modules at least this large are listed by name, as kdumpctl estimate does.
+LARGE_MODULE_BYTES = 1 * MIB
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The numbers of ``kdumpctl estimate``, in bytes, and notes on what was not counted."""
+
+    reserved: int
+    baseline: int
+    kernel: KernelSize
+    modules: dict[str, int]
+    initramfs: int
+    runtime: int = RUNTIME_BYTES
+    image_built: bool = True
+    notes: tuple[str, ...] = ()
+
+    @property
+    def modules_total(self) -> int:
+        return sum(self.modules.values())
+
+    @property
+    def large_modules(self) -> dict[str, int]:
+        return {n: s for n, s in sorted(self.modules.items()) if s >= LARGE_MODULE_BYTES}
+
+    @property
+    def estimated(self) -> int:
+        """Kernel + modules + 3 x initramfs + runtime.
+
+        Three times the image: the compressed image sits in the reservation and
+        is unpacked into a tmpfs there as well (kdump-utils' factor).
+        """
+        return self.kernel.bytes + self.modules_total + 3 * self.initramfs + self.runtime
+
+    @property
+    def recommended(self) -> int:
+        return max(self.baseline, self.estimated)
+
+    @property
+    def too_small(self) -> bool:
+        return self.reserved < self.recommended
+
+
+def estimate_capture_memory(
+    *,
+    reserved: int,
+    baseline: int,
+    kernel: KernelSize,
+    loaded: dict[str, int],
+    image_modules: frozenset[str] | None,
+    initramfs: Path | None,
+) -> Estimate:
+    """Combine the readings into an :class:`Estimate`.
+
+    Only loaded modules that the capture image lists are counted. Without a
+    built image (no module list or no initramfs file) both terms count 0 and a
+    note says so, rather than guessing from every module the host has loaded.
+    """
+    notes: list[str] = []
+    if kernel.note:
+        notes.append(kernel.note)
+    initramfs_size: int | None = None
+    if initramfs is not None:
+        try:
+            initramfs_size = initramfs.stat().st_size
+        except OSError:
+            initramfs_size = None
+    built = image_modules is not None and initramfs_size is not None
+    if image_modules is None:
+        modules: dict[str, int] = {}
+        notes.append(
+            "the capture initramfs is not built yet (no module list): Kernel modules size counts 0"
+        )
+    else:
+        modules = {name: size for name, size in loaded.items() if name in image_modules}
+    if initramfs_size is None:
+        notes.append("the capture initramfs is not built yet: Initramfs size counts 0")
+    return Estimate(
+        reserved=reserved,
+        baseline=baseline,
+        kernel=kernel,
+        modules=modules,
+        initramfs=initramfs_size or 0,
+        image_built=built,
+        notes=tuple(notes),
+    )
+
+
+def format_estimate(estimate: Estimate) -> list[str]:
+    """The stdout lines of ``kdumpctl estimate`` (§4.3 layout, MiB by integer division)."""
+    mib = MIB
+    lines = [
+        f"Reserved crashkernel:    {estimate.reserved // mib}M",
+        f"Recommended crashkernel: {estimate.recommended // mib}M",
+        "",
+        f"Kernel image size:   {estimate.kernel.bytes // mib}M",
+        f"Kernel modules size: {estimate.modules_total // mib}M",
+        f"Initramfs size:      {estimate.initramfs // mib}M",
+        f"Runtime reservation: {estimate.runtime // mib}M",
+    ]
+    large = estimate.large_modules
+    if large:
+        lines.append("Large modules:")
+        lines.extend(f"    {name}: {size}" for name, size in large.items())
+    else:
+        lines.append("Large modules: <none>")
+    if estimate.too_small:
+        lines.append(
+            "WARNING: Current crashkernel size is lower than recommended size "
+            f"{estimate.recommended // mib}M."
+        )
+    return lines

@@ -18,6 +18,8 @@ packages=(
     dbus openssh-server openssh-client
     # VM harness and the Debian package
     qemu-system-x86 qemu-utils debootstrap debhelper dpkg-dev fakeroot
+    # building the .deb with pybuild (tools/build-deb.sh)
+    dh-python python3-all python3-setuptools pybuild-plugin-pyproject
 )
 
 missing=()

@@ -1,0 +1,57 @@
+"""``python3 -m kdumpd.capture``: the entry point the capture unit starts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from kdumpd.capture.actions import PrintingExecutor, systemctl_executor
+from kdumpd.capture.agent import CaptureContext, run_capture
+from kdumpd.capture.log import CaptureLog
+from kdumpd.paths import Paths
+from kdumpd.plan import PLAN_PATH_IN_IMAGE, CapturePlan
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdumpd-capture", description=__doc__)
+    p.add_argument("--root", type=Path, default=Path("/"), help="system root (tests)")
+    p.add_argument("--plan", help=f"capture plan (default {PLAN_PATH_IN_IMAGE} under root)")
+    p.add_argument("--vmcore", help="core to save (default /proc/vmcore under root)")
+    p.add_argument(
+        "--dry-run-actions",
+        action="store_true",
+        help="print 'ACTION: <name>' instead of rebooting, halting or starting a shell",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    paths = Paths(root=args.root)
+    log = CaptureLog()
+    execute = PrintingExecutor() if args.dry_run_actions else systemctl_executor
+    plan_path = Path(args.plan) if args.plan else paths.under_root(PLAN_PATH_IN_IMAGE)
+    try:
+        plan = CapturePlan.from_dict(json.loads(plan_path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # Without a plan there is no target: say why and take the default failure action.
+        log.info(f"{plan_path}: cannot read the capture plan: {exc}; rebuild with kdumpctl rebuild")
+        execute("reboot")
+        return 1
+    vmcore = Path(args.vmcore) if args.vmcore else paths.proc_vmcore
+    ctx = CaptureContext(
+        paths=paths,
+        plan=plan,
+        vmcore=vmcore,
+        execute=execute,
+        log=log,
+        nproc=len(os.sched_getaffinity(0)),
+    )
+    return run_capture(ctx)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""The capture flow (kdump-utils' kdump.sh, §5.5): hooks, dump, record, action.
+
+1. kdump_pre (non-zero: skip the dump, final_action), then pre.d;
+2. the dump through the target: vmcore-dmesg.txt first, then the collector's
+   output as vmcore-incomplete, renamed to vmcore when complete; the sparse
+   copy fallback when the collector fails;
+3. post.d then kdump_post, each with the dump's exit status as $1;
+4. on failure emergency.d + kdump_emergency, then failure_action
+   (dump_to_rootfs saves to plan.rootfs and then runs final_action);
+5. kexec-dmesg.log and kdumpd-metadata.json are written just before the
+   action, so they describe everything that happened;
+6. final_action after success.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kdumpd import proc
+from kdumpd.capture import fs
+from kdumpd.capture.actions import FAILURE_ACTIONS, FINAL_ACTIONS, ActionExecutor
+from kdumpd.capture.collector import (
+    CopyError,
+    collector_argv,
+    is_makedumpfile,
+    sparse_copy,
+)
+from kdumpd.capture.hooks import HookRun, run_hook, run_hooks
+from kdumpd.capture.log import CaptureLog
+from kdumpd.errors import KdumpError
+from kdumpd.paths import Paths
+from kdumpd.plan import CapturePlan, TargetSpec
+from kdumpd.vmcore.elf import read_core
+
+METADATA_FORMAT = "kdumpd-capture-metadata"
+METADATA_VERSION = 1
+_ENOSPC_TEXT = "No space left on device"
+
+SinkFactory = Callable[[TargetSpec], fs.DumpSink]
+
+
+def _kernel_log() -> str:
+    """The crash kernel's own log (dmesg), for kexec-dmesg.log; empty when unavailable."""
+    try:
+        return proc.run(["dmesg"], timeout=30).stdout
+    except proc.ProgramError as exc:
+        return f"(dmesg unavailable: {exc})\n"
+
+
+@dataclass
+class CaptureContext:
+    """Everything the flow depends on; tests replace the edges."""
+
+    paths: Paths
+    plan: CapturePlan
+    vmcore: Path
+    execute: ActionExecutor
+    log: CaptureLog = field(default_factory=CaptureLog)
+    nproc: int = 1
+    now: Callable[[], datetime] = datetime.now
+    kernel_log: Callable[[], str] = _kernel_log
+    progress_every: float = 5.0
+    make_sink: SinkFactory | None = None
+
+    def sink_for(self, target: TargetSpec) -> fs.DumpSink:
+        if self.make_sink is not None:
+            return self.make_sink(target)
+        if target.kind == "fs":
+            return fs.FsDump(self.paths, target, self.log)
+        raise KdumpError(
+            f"dump target kind {target.kind!r} is not supported by this capture agent yet; "
+            "use a filesystem target"
+        )
+
+
+@dataclass
+class DumpRecord:
+    """What happened to one dump attempt; becomes kdumpd-metadata.json."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[dict[str, Any]]:
+        entry: dict[str, Any] = {"name": name, "ok": False}
+        self.steps.append(entry)
+        start = time.monotonic()
+        try:
+            yield entry
+        finally:
+            entry["seconds"] = round(time.monotonic() - start, 3)
+
+    def to_json(self) -> bytes:
+        body = {**self.data, "steps": self.steps}
+        return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+
+
+def run_capture(ctx: CaptureContext) -> int:
+    """Execute the plan; return 0 when the dump was saved, 1 otherwise."""
+    old_umask = os.umask(0o077)
+    try:
+        return _run(ctx)
+    finally:
+        os.umask(old_umask)
+
+
+def _run(ctx: CaptureContext) -> int:
+    plan, log = ctx.plan, ctx.log
+    started = ctx.now()
+    log.info(f"capturing the crash dump of {plan.kernel_release}")
+    record = _new_record(ctx, started)
+    hooks: list[HookRun] = []
+    record.data["hooks"] = hooks_json = []
+
+    if plan.kdump_pre:
+        pre = run_hook(ctx.paths, plan.kdump_pre, [], log)
+        hooks_json.append(_hook_json(pre))
+        if pre.returncode != 0:
+            log.info(f"{plan.kdump_pre} exited with {pre.returncode} status; skipping the dump")
+            _act(ctx, plan.final_action)
+            return 1
+    hooks += run_hooks(ctx.paths, plan.pre_d, [], log)
+
+    sink = ctx.sink_for(plan.target)
+    ok = _dump(ctx, sink, record, started)
+    status = "0" if ok else "1"
+    hooks += run_hooks(ctx.paths, plan.post_d, [status], log)
+    if plan.kdump_post:
+        hooks.append(run_hook(ctx.paths, plan.kdump_post, [status], log))
+
+    if ok:
+        log.info("saving vmcore complete")
+        _finish(ctx, sink, record, hooks, plan.final_action)
+        _act(ctx, plan.final_action)
+        return 0
+
+    hooks += run_hooks(ctx.paths, plan.emergency_d, [], log)
+    if plan.kdump_emergency:
+        hooks.append(run_hook(ctx.paths, plan.kdump_emergency, [], log))
+    action = plan.failure_action if plan.failure_action in FAILURE_ACTIONS else "reboot"
+    _finish(ctx, sink, record, hooks, action)
+    if action == "dump_to_rootfs":
+        _dump_to_rootfs(ctx, started)
+        _act(ctx, plan.final_action)
+    elif action == "shell":
+        _act(ctx, "shell")
+        _act(ctx, plan.final_action)
+    else:
+        _act(ctx, action)
+    return 1
+
+
+def _new_record(ctx: CaptureContext, started: datetime) -> DumpRecord:
+    record = DumpRecord()
+    record.data.update(
+        {
+            "format": METADATA_FORMAT,
+            "version": METADATA_VERSION,
+            "capture_started": started.astimezone().isoformat(timespec="seconds"),
+            "kernel_release": {"plan": ctx.plan.kernel_release, "vmcoreinfo": None},
+            "crash_time": None,
+            "vmcore_source": str(ctx.vmcore),
+            "result": "failure",
+            "failure_reason": None,
+        }
+    )
+    try:
+        core = read_core(ctx.vmcore)
+    except (OSError, KdumpError) as exc:
+        ctx.log.info(f"cannot read the ELF headers of {ctx.vmcore}: {exc}")
+        record.data["vmcore_read_error"] = str(exc)
+        return record
+    record.data["kernel_release"]["vmcoreinfo"] = core.osrelease
+    record.data["cpus"] = core.cpu_count
+    if core.crash_time is not None:
+        record.data["crash_time"] = datetime.fromtimestamp(core.crash_time, UTC).isoformat()
+    if core.osrelease and core.osrelease != ctx.plan.kernel_release:
+        ctx.log.info(
+            f"the crashed kernel is {core.osrelease}, the plan was made for "
+            f"{ctx.plan.kernel_release}"
+        )
+    return record
+
+
+def _hook_json(run: HookRun) -> dict[str, Any]:
+    return {"path": run.path, "args": list(run.args), "returncode": run.returncode}
+
+
+def _dump(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord, started: datetime) -> bool:
+    """Prepare the target, save dmesg and the vmcore; record why on failure."""
+    record.data["target"] = {"kind": ctx.plan.target.kind}
+    try:
+        with record.step("prepare") as step:
+            sink.prepare(started)
+            step["ok"] = True
+        record.data["target"]["location"] = sink.location
+        _save_dmesg(ctx, sink, record)
+        _save_vmcore(ctx, sink, record)
+    except (fs.TargetError, CopyError, proc.ProgramError, KdumpError) as exc:
+        reason = _reason(exc)
+        ctx.log.info(f"saving vmcore failed: {reason}")
+        record.data["failure_reason"] = reason
+        return False
+    record.data["result"] = "success"
+    return True
+
+
+def _reason(exc: Exception) -> str:
+    number = getattr(exc, "errno", None)
+    text = str(exc)
+    if number is not None and os.strerror(number) not in text:
+        text += f" ({os.strerror(number)})"
+    if number == 28 or _ENOSPC_TEXT in text:  # ENOSPC
+        return f"ENOSPC: the dump target is full: {text}"
+    return text
+
+
+def _save_dmesg(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord) -> None:
+    """vmcore-dmesg, else makedumpfile --dump-dmesg; failure is only logged."""
+    out = sink.output_path(fs.DMESG_INCOMPLETE)
+    vmcore = str(ctx.vmcore)
+    attempts: list[tuple[str, list[str]]] = [
+        ("vmcore-dmesg", ["vmcore-dmesg", vmcore]),
+        ("makedumpfile --dump-dmesg", ["makedumpfile", "--dump-dmesg", vmcore, str(out)]),
+    ]
+    with record.step("dmesg") as step:
+        for name, argv in attempts:
+            try:
+                if argv[0] == "vmcore-dmesg":
+                    with out.open("wb") as f:
+                        proc.run(argv, stdout=f, timeout=600, on_output=ctx.log.passthrough)
+                else:
+                    out.unlink(missing_ok=True)  # makedumpfile refuses to overwrite
+                    proc.run(argv, timeout=600)
+            except (proc.ProgramError, OSError) as exc:
+                ctx.log.info(f"{name} failed: {exc}")
+                continue
+            sink.finish_file(fs.DMESG_INCOMPLETE, fs.DMESG)
+            ctx.log.info(f"saved {fs.DMESG} with {name}")
+            step.update(ok=True, tool=name)
+            record.data["dmesg"] = {"file": fs.DMESG, "tool": name}
+            return
+        record.data["dmesg"] = {"file": fs.DMESG_INCOMPLETE, "tool": None}
+
+
+def _save_vmcore(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord) -> None:
+    plan = ctx.plan
+    out = sink.output_path(fs.VMCORE_INCOMPLETE)
+    argv = [
+        *collector_argv(plan.core_collector, target_kind=plan.target.kind, nproc=ctx.nproc),
+        str(ctx.vmcore),
+        str(out),
+    ]
+    collector: dict[str, Any] = {"argv": argv, "returncode": None, "error": None}
+    record.data["collector"] = collector
+    record.data["fallback"] = {"used": False, "reason": None}
+    ctx.log.info(f"saving vmcore: {' '.join(argv)}")
+    with record.step("collector") as step:
+        try:
+            result = proc.run(argv, timeout=None, on_output=ctx.log.passthrough)
+            ctx.log.keep(result.stdout + result.stderr, argv[0])
+            collector["returncode"] = result.returncode
+            step["ok"] = True
+        except proc.ProgramError as exc:
+            ctx.log.keep(exc.stdout + exc.stderr, argv[0])
+            collector.update(returncode=exc.returncode, error=str(exc))
+            failure: proc.ProgramError | None = exc
+        else:
+            failure = None
+    if failure is not None:
+        ctx.log.info(f"saving vmcore with {argv[0]} failed: {failure}")
+        if _ENOSPC_TEXT in failure.stderr + failure.stdout:
+            # The fallback would only fill the same disk again; keep what was written.
+            raise fs.TargetError(f"{argv[0]} ran out of space writing {out}", 28)
+        _fallback_copy(ctx, out, record, failure)
+    with record.step("sync") as step:
+        sink.finish_file(fs.VMCORE_INCOMPLETE, fs.VMCORE)
+        step["ok"] = True
+    final = sink.output_path(fs.VMCORE)
+    st = final.stat()
+    record.data["vmcore"] = {
+        "file": fs.VMCORE,
+        "size": st.st_size,
+        "allocated_bytes": st.st_blocks * 512,
+        "bytes_written": record.data.get("vmcore", {}).get("bytes_written", st.st_size),
+    }
+
+
+def _fallback_copy(
+    ctx: CaptureContext, out: Path, record: DumpRecord, failure: proc.ProgramError
+) -> None:
+    why = str(failure)
+    if is_makedumpfile(ctx.plan.core_collector):
+        why = f"makedumpfile failed: {why}"
+    record.data["fallback"] = {"used": True, "reason": why}
+    ctx.log.info("falling back to a sparse copy of the ELF core (zero pages skipped)")
+    out.unlink(missing_ok=True)
+
+    def progress(done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        ctx.log.info(f"copied {percent}% ({done >> 20} MiB of {total >> 20} MiB)")
+
+    with record.step("fallback-copy") as step:
+        copied = sparse_copy(ctx.vmcore, out, progress=progress, progress_every=ctx.progress_every)
+        step["ok"] = True
+    record.data["vmcore"] = {"bytes_written": copied.bytes_written}
+
+
+def _finish(
+    ctx: CaptureContext,
+    sink: fs.DumpSink,
+    record: DumpRecord,
+    hooks: list[HookRun],
+    action: str,
+) -> None:
+    """Write kexec-dmesg.log and the metadata, if the dump directory exists."""
+    record.data["hooks"] = record.data.get("hooks", []) + [_hook_json(h) for h in hooks]
+    record.data["action"] = action
+    try:
+        sink.output_path(fs.METADATA)
+    except fs.TargetError:
+        ctx.log.info("no dump directory: the log and metadata stay on the console")
+        return
+    log_text = ctx.log.text() + "\n--- dmesg ---\n" + ctx.kernel_log()
+    data = log_text.encode(errors="replace")
+    limit = fs.RESERVED_BYTES[fs.LOG]
+    if len(data) > limit:
+        data = b"(truncated)\n" + data[-limit + 64 :]
+    for name, content in ((fs.METADATA, record.to_json()), (fs.LOG, data)):
+        try:
+            sink.write_small_file(name, content)
+        except fs.TargetError as exc:
+            ctx.log.info(f"{exc}")
+
+
+def _dump_to_rootfs(ctx: CaptureContext, started: datetime) -> None:
+    plan = ctx.plan
+    if plan.rootfs is None:
+        ctx.log.info("failure_action dump_to_rootfs, but the plan has no root filesystem")
+        return
+    ctx.log.info(f"failure_action dump_to_rootfs: saving to {plan.rootfs.device}")
+    target = TargetSpec(kind="fs", path=plan.rootfs_path, mount=plan.rootfs)
+    sink = ctx.sink_for(target)
+    record = _new_record(ctx, started)
+    record.data["dump_to_rootfs"] = True
+    ok = _dump(ctx, sink, record, started)
+    ctx.log.info("saving vmcore complete" if ok else "dump_to_rootfs failed too")
+    _finish(ctx, sink, record, [], plan.final_action)
+
+
+def _act(ctx: CaptureContext, action: str) -> None:
+    if action not in FINAL_ACTIONS and action != "shell":
+        ctx.log.info(f"unknown action {action!r}; rebooting")
+        action = "reboot"
+    ctx.log.info(f"executing {action}")
+    try:
+        ctx.execute(action)
+    except KdumpError as exc:
+        ctx.log.info(f"{action} failed: {exc}")

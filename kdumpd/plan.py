@@ -36,13 +36,25 @@ JSON layout (version 1)::
 
 ``core_collector`` is the user's collector as configured; the agent adds the
 output arguments (``<dir>/vmcore-incomplete`` for fs, stdout for raw and ssh).
+
+Compilation (:func:`compile_plan`, first kernel only) reads configuration and
+host facts through :mod:`kdumpd.targets`; those imports happen inside the
+compile functions so that the capture agent, which imports this module inside
+the crash kernel, loads nothing beyond the stdlib and the dataclasses below.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # first-kernel types; never imported by the capture agent
+    from kdumpd.config.kdumpconf import KdumpConfig
+    from kdumpd.config.sysconfig import SysConfig
+    from kdumpd.errors import Problem
+    from kdumpd.paths import Paths
 
 PLAN_VERSION = 1
 PLAN_PATH_IN_IMAGE = "/etc/kdumpd/plan.json"
@@ -129,3 +141,140 @@ class CapturePlan:
             rootfs=MountSpec(**data["rootfs"]) if data.get("rootfs") else None,
             rootfs_path=data.get("rootfs_path", "/var/crash"),
         )
+
+
+# -- compilation (first kernel) ------------------------------------------------
+
+#: The kdump.conf a plan comes from, as errors name it.
+CONFIG_FILE = "/etc/kdump.conf"
+HOOK_DIRS: tuple[str, ...] = ("pre.d", "post.d", "emergency.d")
+
+
+@dataclass(frozen=True)
+class CompiledPlan:
+    """A plan, the warnings compiling it produced, and host facts the image build needs."""
+
+    plan: CapturePlan
+    warnings: tuple[Problem, ...] = ()
+    #: Devices (first-kernel names) whose drivers the capture image needs.
+    devices: tuple[str, ...] = ()
+    #: dracut modules the devices need beyond the base set (dm, lvm, crypt, mdraid).
+    dracut_modules: tuple[str, ...] = ()
+
+
+def hook_scripts(paths: Paths, directory: str) -> tuple[tuple[str, ...], tuple[Problem, ...]]:
+    """Executables of /etc/kdump/<directory> in lexical order, and a warning per file skipped.
+
+    Names are as the managed system sees them (``/etc/kdump/pre.d/10-x``).
+    """
+    from kdumpd.errors import Problem
+
+    base = paths.hooks_dir / directory
+    shown = f"/etc/kdump/{directory}"
+    try:
+        names = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return (), ()
+    except OSError as exc:
+        return (), (Problem(shown, 0, f"cannot list hook directory: {exc.strerror}"),)
+    found: list[str] = []
+    warnings: list[Problem] = []
+    for name in names:
+        entry = base / name
+        if entry.is_dir():
+            warnings.append(Problem(f"{shown}/{name}", 0, "is a directory, not a hook; skipped"))
+        elif not os.access(entry, os.X_OK) or not entry.is_file():
+            warnings.append(
+                Problem(
+                    f"{shown}/{name}",
+                    0,
+                    f"is not executable, so it will not run; chmod +x {shown}/{name} "
+                    "or remove it",
+                )
+            )
+        else:
+            found.append(f"{shown}/{name}")
+    return tuple(found), tuple(warnings)
+
+
+def compile_full(
+    config: KdumpConfig, sysconfig: SysConfig | None, paths: Paths, *, kernel_release: str
+) -> CompiledPlan:
+    """Compile kdump.conf and host facts into a plan plus what the image build needs.
+
+    Raises ConfigError (with file:line of the directive at fault) when the
+    target cannot be used, TargetError for host problems not tied to a line.
+    """
+    from kdumpd.errors import ConfigError, Problem
+    from kdumpd.targets import fs
+
+    del sysconfig  # nothing in it shapes the capture side yet (it shapes the cmdline)
+    lines = config.lines
+    warnings: list[Problem] = []
+    target = config.target
+    if target is None:
+        resolved = fs.default_target(paths, config.path, where=(CONFIG_FILE, lines.get("path", 0)))
+    elif target.kind in fs.FS_KINDS:
+        resolved = fs.explicit_target(
+            paths,
+            target.kind,
+            target.value,
+            config.path,
+            where=(CONFIG_FILE, lines.get("target", lines.get(target.kind, 0))),
+        )
+    else:
+        where = lines.get("target", lines.get(target.kind, 0))
+        raise ConfigError(
+            [
+                Problem(
+                    CONFIG_FILE,
+                    where,
+                    f"{target.kind} dump targets are not supported by kdumpd yet; "
+                    "use a local filesystem target (or no target directive and a 'path').",
+                )
+            ]
+        )
+    hooks: dict[str, tuple[str, ...]] = {}
+    for directory in HOOK_DIRS:
+        found, skipped = hook_scripts(paths, directory)
+        hooks[directory] = found
+        warnings.extend(skipped)
+
+    devices = [resolved.host_device]
+    rootfs: MountSpec | None = None
+    if config.failure_action == "dump_to_rootfs":
+        root = fs.root_target(paths)
+        rootfs = root.mount
+        if root.host_device not in devices:
+            devices.append(root.host_device)
+    stack: list[str] = []
+    for device in devices:
+        for module in fs.device_stack_modules(paths, device):
+            if module not in stack:
+                stack.append(module)
+
+    plan = CapturePlan(
+        kernel_release=kernel_release,
+        target=TargetSpec(kind="fs", path=resolved.path, mount=resolved.mount),
+        core_collector=tuple(config.effective_core_collector.split()),
+        failure_action=config.failure_action,
+        final_action=config.final_action,
+        kdump_pre=config.kdump_pre,
+        pre_d=hooks["pre.d"],
+        post_d=hooks["post.d"],
+        kdump_post=config.kdump_post,
+        emergency_d=hooks["emergency.d"],
+        kdump_emergency=config.kdump_emergency,
+        rootfs=rootfs,
+        rootfs_path=fs.normalize_path(config.path),
+    )
+    return CompiledPlan(
+        plan=plan, warnings=tuple(warnings), devices=tuple(devices), dracut_modules=tuple(stack)
+    )
+
+
+def compile_plan(
+    config: KdumpConfig, sysconfig: SysConfig | None, paths: Paths, *, kernel_release: str
+) -> CapturePlan:
+    """The CapturePlan for ``config`` on the host under ``paths`` (see :func:`compile_full`)."""
+    return compile_full(config, sysconfig, paths, kernel_release=kernel_release).plan

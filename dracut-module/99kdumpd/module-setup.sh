@@ -1,0 +1,42 @@
+#!/bin/bash
+# kdumpd's dracut module (99kdumpd): a static shim.
+#
+# dracut loads modules only from its modules.d directory, while what a kdumpd
+# capture image holds depends on kdump.conf and the host. So the package
+# installs this file unchanged as
+#   /usr/lib/dracut/modules.d/99kdumpd/module-setup.sh
+# and before every build kdumpd renders the real setup (kdumpd-setup.sh, the
+# capture units, plan.json) from dracut-module/templates into a fresh build
+# directory, which it names in the environment variable KDUMPD_BUILD_DIR when
+# it runs dracut. Without that variable the module refuses to be included, so
+# a plain `dracut` run for the system initramfs never sees kdumpd.
+#
+# dracut 059 ignores the status of install(); a failed kdumpd install (above
+# all: the capture agent cannot start inside the staged image) therefore ends
+# dracut with `exit 1`, which runs dracut's cleanup trap and fails the build.
+
+_kdumpd_load() {
+    [[ -n ${KDUMPD_BUILD_DIR-} && -r ${KDUMPD_BUILD_DIR}/kdumpd-setup.sh ]] || return 1
+    # shellcheck source=/dev/null
+    . "${KDUMPD_BUILD_DIR}/kdumpd-setup.sh"
+}
+
+check() {
+    if ! _kdumpd_load; then
+        derror "kdumpd: KDUMPD_BUILD_DIR is not set; build capture images with kdumpctl rebuild"
+        return 1
+    fi
+    return 0
+}
+
+depends() {
+    _kdumpd_load || return 1
+    kdumpd_depends
+}
+
+install() {
+    if ! _kdumpd_load || ! kdumpd_install; then
+        dfatal "kdumpd: installing the capture environment failed; the image is not usable"
+        exit 1
+    fi
+}

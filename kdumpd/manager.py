@@ -1,0 +1,456 @@
+"""The arming use cases: start, stop, restart, reload and rebuild.
+
+The CLI (``kdumpctl``) and, later, the daemon call these functions; they speak
+to the administrator only through a :class:`~kdumpd.messages.Messages` and
+report failure by raising :class:`ArmingFailed`.
+
+The rule this module exists to keep: **an invalid configuration never disarms
+a working capture kernel.** restart and reload first validate kdump.conf and
+the variables file, compute the capture command line and the plan, and (for
+restart) rebuild the image; only when all of that succeeded do they unload the
+old kernel and load the new one. If that final load still fails, the kernel
+loaded before is put back from the record of the last successful load.
+
+Messages and exit codes follow kdump-utils' kdumpctl (§3.3-§3.8 of the
+compatibility spec), so scripts that grep ``Starting kdump: [OK]`` keep working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdumpd import cmdline as capture_cmdline
+from kdumpd import host, initramfs, kexec
+from kdumpd.config import load_kdump_conf, load_sysconfig
+from kdumpd.errors import ExitCode, KdumpError, user_message
+from kdumpd.messages import Messages
+from kdumpd.paths import Paths
+from kdumpd.plan import CapturePlan, compile_full
+
+STARTING_OK = "Starting kdump: [OK]"
+STARTING_FAILED = "Starting kdump: [FAILED]"
+STOPPING_OK = "Stopping kdump: [OK]"
+STOPPING_FAILED = "Stopping kdump: [FAILED]"
+ALREADY_RUNNING = "Kdump already running: [WARNING]"
+NOT_RUNNING = "Kdump was not running: [WARNING]"
+LOCK_WAIT = "Another app is currently holding the kdump lock; waiting for it to exit..."
+LOCK_POLL_SECONDS = 5.0
+
+
+class NotFeasible(KdumpError):
+    """This kernel cannot arm kdump: no kexec crash support, or no memory reserved."""
+
+    dbus_name = "org.kdumpd.Error.NotFeasible"
+
+
+class ArmingFailed(KdumpError):
+    """A use case failed and has already said why through Messages.
+
+    The reason and the kdumpctl status line (``Starting kdump: [FAILED]``) were
+    sent to Messages in kdump-utils' order, so the CLI must not print them again
+    (``reported`` is True); ``str()`` is the reason alone, for D-Bus replies.
+    The original error is ``reason`` (and ``__cause__``), with its exit code and
+    D-Bus name, so a ConfigError's problems stay reachable.
+    """
+
+    reported = True
+
+    def __init__(self, reason: KdumpError, status_line: str) -> None:
+        self.reason = reason
+        self.status_line = status_line
+        self.exit_code: ExitCode = reason.exit_code
+        self.dbus_name: str = reason.dbus_name
+        super().__init__(user_message(reason))
+
+
+@dataclass(frozen=True)
+class Arming:
+    """Everything one ``kexec -p`` load needs, computed before anything is unloaded."""
+
+    kernel_release: str
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    kexec_args: str
+    secure_boot: bool
+    plan: CapturePlan | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "kernel_release": self.kernel_release,
+            "kernel": str(self.kernel),
+            "initrd": str(self.initrd),
+            "cmdline": self.cmdline,
+            "kexec_args": self.kexec_args,
+            "secure_boot": self.secure_boot,
+        }
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Arming:
+        return cls(
+            kernel_release=str(data["kernel_release"]),
+            kernel=Path(data["kernel"]),
+            initrd=Path(data["initrd"]),
+            cmdline=str(data["cmdline"]),
+            kexec_args=str(data["kexec_args"]),
+            secure_boot=bool(data["secure_boot"]),
+        )
+
+
+# -- single instance --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def instance_lock(
+    paths: Paths,
+    messages: Messages,
+    *,
+    poll_seconds: float = LOCK_POLL_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[None]:
+    """Hold the kdumpctl lock (flock on ``paths.kdumpctl_lock``) for the duration.
+
+    A second instance waits, saying so every ``poll_seconds`` like kdumpctl
+    does, instead of failing: boot-time start and a hotplug reload may overlap.
+    The kernel drops the lock when the holder dies, so a crash leaves no stale lock.
+    """
+    lock_path = paths.kdumpctl_lock
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                messages.info(LOCK_WAIT)
+                sleep(poll_seconds)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+# -- steps ----------------------------------------------------------------
+
+
+def check_feasible(paths: Paths) -> None:
+    """Raise NotFeasible unless this kernel can hold a crash kernel (§3.2)."""
+    if not host.kexec_supported(paths):
+        raise NotFeasible(
+            "Kdump is not supported on this kernel "
+            f"({_shown(paths, paths.kexec_crash_loaded)} is missing: the kernel lacks "
+            "CONFIG_KEXEC/CONFIG_CRASH_DUMP)"
+        )
+    if host.crash_size_bytes(paths) <= 0:
+        raise NotFeasible(
+            "No memory reserved for crash kernel "
+            "(add crashkernel= to the kernel command line, for example with "
+            "kdumpctl reset-crashkernel, then reboot)"
+        )
+
+
+def _shown(paths: Paths, location: Path) -> str:
+    """A tree path as the managed system names it."""
+    try:
+        return "/" + str(location.relative_to(paths.root))
+    except ValueError:
+        return str(location)
+
+
+def _kexec_args_text(value: object) -> str:
+    """KEXEC_ARGS as one string, whatever shape the variables parser gives it."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
+    """Validate the configuration and compute everything a load needs; disarm nothing.
+
+    ``image`` says what to do with the capture initramfs:
+    ``"auto"`` rebuilds it when the rebuild decision asks for it (start, restart),
+    ``"keep"`` only builds a missing image and otherwise warns that it is stale
+    (reload: §3.7 reloads without rebuilding), ``"force"`` always rebuilds.
+    Raises ConfigError (every problem with file:line) or another KdumpError.
+    """
+    parsed = load_kdump_conf(paths)
+    for warning in parsed.warnings:
+        messages.warn(str(warning))
+    sysconfig, sysconfig_problems = load_sysconfig(paths, host.machine_arch())
+    for problem in sysconfig_problems:
+        messages.warn(str(problem))
+
+    notes: list[str] = []
+    kver = host.kernel_release(paths, sysconfig, notes=notes)
+    for note in notes:
+        messages.info(note)
+    kernel = host.find_kernel(paths, sysconfig, kver)
+    cmdline = capture_cmdline.build_capture_cmdline(
+        sysconfig.commandline or _read_proc_cmdline(paths),
+        remove=sysconfig.commandline_remove,
+        append=sysconfig.commandline_append,
+        apicid=capture_cmdline.cpu0_apicid(paths),
+        watchdog_drivers=capture_cmdline.active_watchdog_drivers(paths, kernel_release=kver),
+        graviton=capture_cmdline.is_aws_graviton(paths),
+    )
+    compiled = compile_full(parsed.config, sysconfig, paths, kernel_release=kver)
+    for warning in compiled.warnings:
+        messages.warn(str(warning))
+    plan = compiled.plan
+    initrd = initramfs.image_path(paths, kver)
+    manifest = initramfs.compute_manifest(paths, parsed.config, plan, kernel_image=kernel)
+
+    reason = (
+        "rebuild requested (kdumpctl rebuild)"
+        if image == "force"
+        else initramfs.rebuild_reason(paths, parsed.config, manifest)
+    )
+    if reason is not None:
+        if image == "keep" and initrd.is_file():
+            messages.warn(
+                f"{_shown(paths, initrd)} is out of date ({reason}); reload keeps it. "
+                "Run kdumpctl restart to rebuild it and load the new one."
+            )
+        else:
+            messages.info(reason)
+            messages.info(f"Rebuilding {_shown(paths, initrd)}")
+            # dracut writes a new file and renames it over the old image only on
+            # success, so a failed build leaves the loaded kernel's image intact.
+            result = initramfs.build(
+                paths,
+                parsed.config,
+                plan,
+                kernel_release=kver,
+                manifest=manifest,
+                extra_dracut_modules=compiled.dracut_modules,
+            )
+            for warning in result.warnings:
+                messages.warn(str(warning))
+
+    return Arming(
+        kernel_release=kver,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=cmdline,
+        kexec_args=_kexec_args_text(sysconfig.kexec_args),
+        secure_boot=host.secure_boot_enforced(paths),
+        plan=plan,
+    )
+
+
+def _read_proc_cmdline(paths: Paths) -> str:
+    try:
+        return paths.proc_cmdline.read_text().strip()
+    except OSError as exc:
+        raise KdumpError(
+            f"cannot read {_shown(paths, paths.proc_cmdline)} ({exc.strerror}) for the "
+            "capture command line; set KDUMP_COMMANDLINE in /etc/default/kdump"
+        ) from exc
+
+
+def _record_path(paths: Paths) -> Path:
+    return paths.run_dir / "loaded.json"
+
+
+def _write_record(paths: Paths, arming: Arming) -> None:
+    """Remember what is loaded: restart/reload put it back if a new load fails."""
+    record = _record_path(paths)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps(arming.to_record(), indent=2, sort_keys=True) + "\n")
+    tmp.replace(record)
+
+
+def _read_record(paths: Paths) -> Arming | None:
+    try:
+        return Arming.from_record(json.loads(_record_path(paths).read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _load(paths: Paths, messages: Messages, arming: Arming) -> None:
+    kexec.load(
+        kernel=arming.kernel,
+        initrd=arming.initrd,
+        cmdline=arming.cmdline,
+        kexec_args=arming.kexec_args,
+        secure_boot=arming.secure_boot,
+        messages=messages,
+        lockdown=kexec.lockdown_mode(paths),
+    )
+    _write_record(paths, arming)
+
+
+def _unload(paths: Paths, messages: Messages, *, kexec_args: str, secure_boot: bool) -> None:
+    kexec.unload(
+        kexec_args=kexec_args,
+        secure_boot=secure_boot,
+        messages=messages,
+        lockdown=kexec.lockdown_mode(paths),
+    )
+    with contextlib.suppress(FileNotFoundError):
+        _record_path(paths).unlink()
+
+
+def _unload_settings(paths: Paths) -> tuple[str, bool]:
+    """KEXEC_ARGS and Secure Boot for an unload, even when the variables file is broken.
+
+    Stopping must not depend on a valid configuration: fall back to the
+    record of the last load, then to no arguments.
+    """
+    secure_boot = host.secure_boot_enforced(paths)
+    try:
+        sysconfig, _ = load_sysconfig(paths, host.machine_arch())
+        return _kexec_args_text(sysconfig.kexec_args), secure_boot
+    except KdumpError:
+        record = _read_record(paths)
+        return (record.kexec_args if record else ""), secure_boot
+
+
+def _fail(messages: Messages, error: KdumpError, status_line: str) -> ArmingFailed:
+    """Say why, then the status line (kdumpctl's order), and return the error to raise."""
+    messages.error(user_message(error))
+    messages.error(status_line)
+    return ArmingFailed(error, status_line)
+
+
+def _keep_old_note(paths: Paths, messages: Messages) -> None:
+    if host.crash_loaded(paths):
+        messages.warn(
+            "the capture kernel loaded before is still armed; fix the error above "
+            "and run the command again to load the new configuration"
+        )
+
+
+# -- use cases ------------------------------------------------------------
+
+
+def start(paths: Paths, messages: Messages) -> None:
+    """Arm kdump (§3.3): check, validate, rebuild the image if needed, load."""
+    with instance_lock(paths, messages):
+        _start(paths, messages)
+
+
+def _start(paths: Paths, messages: Messages) -> None:
+    try:
+        check_feasible(paths)
+        # The config is validated even when a kernel is loaded (kdumpctl does the
+        # same): a broken file is reported at every start, but nothing is unloaded.
+        if host.crash_loaded(paths):
+            load_kdump_conf(paths)
+            messages.warn(ALREADY_RUNNING)
+            return
+        arming = prepare(paths, messages, image="auto")
+        _load(paths, messages, arming)
+    except KdumpError as exc:
+        raise _fail(messages, exc, STARTING_FAILED) from exc
+    messages.info(STARTING_OK)
+
+
+def stop(paths: Paths, messages: Messages) -> None:
+    """Disarm kdump (§3.4): ``kexec [-s] -p -u``."""
+    with instance_lock(paths, messages):
+        _stop(paths, messages)
+
+
+def _stop(paths: Paths, messages: Messages) -> None:
+    kexec_args, secure_boot = _unload_settings(paths)
+    try:
+        _unload(paths, messages, kexec_args=kexec_args, secure_boot=secure_boot)
+    except KdumpError as exc:
+        raise _fail(messages, exc, STOPPING_FAILED) from exc
+    messages.info(STOPPING_OK)
+
+
+def restart(paths: Paths, messages: Messages) -> None:
+    """Re-arm with the current configuration, rebuilding the image when needed (§3.6).
+
+    Unlike kdumpctl (stop, then start), everything that can fail on a bad
+    configuration runs before the old kernel is unloaded.
+    """
+    with instance_lock(paths, messages):
+        _replace(paths, messages, image="auto")
+
+
+def reload(paths: Paths, messages: Messages) -> None:
+    """Re-load kernel and image without rebuilding (§3.7), after validating the configuration."""
+    with instance_lock(paths, messages):
+        if not host.crash_loaded(paths):
+            messages.warn(NOT_RUNNING)
+        _replace(paths, messages, image="keep")
+
+
+def _replace(paths: Paths, messages: Messages, *, image: str) -> None:
+    try:
+        check_feasible(paths)
+        arming = prepare(paths, messages, image=image)
+    except KdumpError as exc:
+        failed = _fail(messages, exc, STARTING_FAILED)
+        _keep_old_note(paths, messages)
+        raise failed from exc
+
+    previous = _read_record(paths)
+    try:
+        _unload(paths, messages, kexec_args=arming.kexec_args, secure_boot=arming.secure_boot)
+    except KdumpError as exc:
+        raise _fail(messages, exc, STOPPING_FAILED) from exc
+    messages.info(STOPPING_OK)
+
+    try:
+        _load(paths, messages, arming)
+    except KdumpError as exc:
+        failed = _fail(messages, exc, STARTING_FAILED)
+        _restore(paths, messages, previous)
+        raise failed from exc
+    messages.info(STARTING_OK)
+
+
+def _restore(paths: Paths, messages: Messages, previous: Arming | None) -> None:
+    """After a failed load, put back what was loaded before, if we know and still have it."""
+    if previous is None or not (previous.kernel.exists() and previous.initrd.exists()):
+        messages.error("kdump is not operational: no previous capture kernel to put back")
+        return
+    try:
+        _load(paths, messages, previous)
+    except KdumpError as exc:
+        messages.error(f"putting back the previous capture kernel failed too:\n{exc}")
+        return
+    messages.warn(
+        f"put back the previous capture kernel ({_shown(paths, previous.kernel)}); "
+        "kdump stays operational with the configuration it was loaded with"
+    )
+
+
+def rebuild(paths: Paths, messages: Messages) -> None:
+    """Rebuild the capture image unconditionally (§3.8); load nothing."""
+    with instance_lock(paths, messages):
+        try:
+            prepare(paths, messages, image="force")
+        except KdumpError as exc:
+            raise _fail(messages, exc, "Rebuilding kdump initramfs: [FAILED]") from exc
+        messages.info("Rebuilding kdump initramfs: [OK]")
+
+
+__all__ = [
+    "ArmingFailed",
+    "NotFeasible",
+    "instance_lock",
+    "prepare",
+    "rebuild",
+    "reload",
+    "restart",
+    "start",
+    "stop",
+]

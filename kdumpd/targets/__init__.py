@@ -1,0 +1,18 @@
+"""Dump targets: one module per kind.
+
+The first-kernel side of each target (discovery of the device, its filesystem
+and mount options, the persistent name the capture kernel will see) lives
+here; the capture side lives in :mod:`kdumpd.capture`. Only filesystem
+targets (the default path target and ``ext4 UUID=...`` style directives) are
+implemented so far: see :mod:`kdumpd.targets.fs`.
+"""
+
+from __future__ import annotations
+
+from kdumpd.errors import KdumpError
+
+
+class TargetError(KdumpError):
+    """The dump target cannot be used: it is missing, of the wrong type or unsupported."""
+
+    dbus_name = "org.kdumpd.Error.InvalidTarget"

@@ -1,0 +1,543 @@
+"""The capture initramfs: rendering, dracut argv, manifest and rebuild decision, build."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from kdumpd import initramfs, proc
+from kdumpd.config.kdumpconf import KdumpConfig, parse_kdump_conf
+from kdumpd.initramfs import Manifest, ModuleContext, PythonFiles
+from kdumpd.paths import Paths
+from kdumpd.plan import CapturePlan, MountSpec, TargetSpec
+from tests.conftest import ProgramStub, write
+
+KVER = "6.1.0-28-amd64"
+TEMPLATES = Path(__file__).resolve().parents[2] / "dracut-module" / "templates"
+
+
+def conf(text: str) -> KdumpConfig:
+    return parse_kdump_conf(text).config
+
+
+def make_plan(**changes: object) -> CapturePlan:
+    base: dict[str, object] = {
+        "kernel_release": KVER,
+        "target": TargetSpec(
+            kind="fs",
+            path="/var/crash",
+            mount=MountSpec("/dev/disk/by-uuid/abc", "/sysroot", "ext4", "rw,relatime"),
+        ),
+        "core_collector": ("makedumpfile", "-l", "-d", "31"),
+    }
+    base.update(changes)
+    return CapturePlan(**base)  # type: ignore[arg-type]
+
+
+def system(paths: Paths) -> Path:
+    """Programs, kernel and kdump.conf an image build reads."""
+    write(paths.under_root("/usr/bin/makedumpfile"), "makedumpfile v1")
+    write(paths.under_root("/sbin/vmcore-dmesg"), "vmcore-dmesg v1")
+    write(paths.under_root("/usr/bin/python3"), "python v1")
+    write(paths.kdump_conf, "path /var/crash\n")
+    return write(paths.under_root(f"/boot/vmlinuz-{KVER}"), "kernel v1")
+
+
+# -- quoting and rendering -----------------------------------------------------------
+
+
+def test_shell_quote_words_and_lists() -> None:
+    assert initramfs.shell_quote("plain") == "plain"
+    assert initramfs.shell_quote("a b") == "'a b'"
+    assert initramfs.shell_quote(["x", "it's"]) == "x 'it'\"'\"'s'"
+    with pytest.raises(ValueError):
+        initramfs.shell_quote(None)
+
+
+def test_template_printing_unquoted_value_fails(tmp_path: Path) -> None:
+    write(tmp_path / "bad.j2", "echo {{ value }}\n")
+    env = initramfs.template_environment(tmp_path)
+    with pytest.raises(ValueError, match="without the shell_quote filter"):
+        env.get_template("bad.j2").render(value="$(reboot)")
+    with pytest.raises(jinja2.UndefinedError):
+        write(tmp_path / "undef.j2", "{{ nothing | shell_quote }}\n")
+        env.get_template("undef.j2").render()
+
+
+HOSTILE = (
+    "a b",
+    "it's",
+    'say "hi"',
+    "$(touch /tmp/kdumpd-pwned)",
+    "`touch /tmp/kdumpd-pwned`",
+    "line1\nline2",
+    "semi; reboot",
+    "star * glob",
+    "back\\slash",
+    "${HOME}",
+)
+
+
+def hostile_context(build_dir: str) -> ModuleContext:
+    return ModuleContext(
+        kernel_release="6.1.0-$(id)",
+        build_dir=build_dir,
+        agent_files=("kdumpd/__init__.py", *HOSTILE),
+        python_files=HOSTILE,
+        python_extensions=("/x/ext `id`.so",),
+        collector="/usr/bin/make dump$(id)",
+        vmcore_dmesg="/sbin/vmcore-dmesg;id",
+        user_programs=HOSTILE,
+        failure_action="shell",
+    )
+
+
+def test_render_writes_every_template(tmp_path: Path) -> None:
+    context = hostile_context(str(tmp_path / "build dir"))
+    written = initramfs.render_module(context, template_dir=TEMPLATES, out_dir=tmp_path)
+    names = {p.name for p in written}
+    assert {"kdumpd-setup.sh", "kdumpd-capture.service", "kdumpd-emergency.service"} <= names
+    service = (tmp_path / "kdumpd-capture.service").read_text()
+    assert "ConditionPathExists=/proc/vmcore" in service
+    assert "ExecStart=/usr/bin/python3 -E -s -S -B -m kdumpd.capture" in service
+    assert "OnFailure=emergency.target" in service
+    emergency = (tmp_path / "kdumpd-emergency.service").read_text()
+    assert "ExecStart=systemctl --force reboot" in emergency  # shell falls back to reboot
+
+
+def test_unit_values_must_be_plain_paths(tmp_path: Path) -> None:
+    context = ModuleContext(
+        kernel_release=KVER,
+        build_dir="/b",
+        agent_files=(),
+        python_files=(),
+        python_extensions=(),
+        collector="/c",
+        vmcore_dmesg="/v",
+        user_programs=(),
+        failure_action="reboot",
+        python="/usr/bin/python3 --evil",
+    )
+    with pytest.raises(ValueError, match="unit file"):
+        initramfs.render_module(context, template_dir=TEMPLATES, out_dir=tmp_path)
+
+
+STUBS = r"""
+record() { printf '%s\0' "$@" >> "$RECORD"; printf '\1' >> "$RECORD"; }
+inst_simple() { record inst_simple "$@"; }
+inst_binary() { record inst_binary "$@"; }
+inst_library() { record inst_library "$@"; }
+inst_multiple() { record inst_multiple "$@"; }
+inst() { record inst "$@"; }
+ln_r() { record ln_r "$@"; }
+chroot() { record chroot "$@"; }
+derror() { record derror "$@"; }
+"""
+
+
+@pytest.mark.integration
+def test_hostile_values_stay_data_in_the_rendered_shell(tmp_path: Path) -> None:
+    """Render with hostile values, check bash syntax, run install() with stubbed dracut calls."""
+    bash = shutil.which("bash")
+    assert bash is not None
+    build_dir = str(tmp_path / "build $(touch pwned) `x`")
+    out = tmp_path / "out"
+    out.mkdir()
+    context = hostile_context(build_dir)
+    initramfs.render_module(context, template_dir=TEMPLATES, out_dir=out)
+    setup = out / "kdumpd-setup.sh"
+    subprocess.run([bash, "-n", str(setup)], check=True)
+
+    initdir = tmp_path / "initdir"
+    initdir.mkdir()
+    record = tmp_path / "record"
+    script = STUBS + f'. "{setup}"\nkdumpd_depends > "$DEPENDS"\nkdumpd_install\n'
+    done = subprocess.run(
+        [bash, "-c", script],
+        env={
+            "PATH": os.environ["PATH"],
+            "RECORD": str(record),
+            "DEPENDS": str(tmp_path / "depends"),
+            "initdir": str(initdir),
+            "systemdsystemunitdir": "/usr/lib/systemd/system",
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    calls = [
+        tuple(part.decode() for part in call.split(b"\0")[:-1])
+        for call in record.read_bytes().split(b"\1")
+        if call
+    ]
+    # every hostile value came back byte for byte as one argument
+    for value in HOSTILE:
+        assert ("inst_simple", f"{build_dir}/agent/{value}", f"/usr/lib/kdumpd/{value}") in calls
+        assert ("inst_simple", value) in calls
+        assert ("inst", value) in calls
+    assert ("inst_binary", "/usr/bin/make dump$(id)") in calls
+    assert ("inst_binary", "/sbin/vmcore-dmesg;id") in calls
+    assert ("inst_library", "/x/ext `id`.so") in calls
+    assert ("inst_simple", f"{build_dir}/plan.json", "/etc/kdumpd/plan.json") in calls
+    check = next(c for c in calls if c[0] == "chroot")
+    assert check[1:3] == (str(initdir), "/usr/bin/python3")
+    assert check[-2:] == ("/usr/lib/kdumpd", "kdumpd.capture")
+    assert (tmp_path / "depends").read_text().split() == [
+        "base",
+        "systemd",
+        "systemd-initrd",
+        "udev-rules",
+    ]
+    # nothing was executed from the values
+    assert not list(tmp_path.rglob("pwned")) and not Path("/tmp/kdumpd-pwned").exists()
+
+
+# -- agent imports ------------------------------------------------------------------------
+
+
+def test_agent_import_names_sees_lazy_imports_and_skips_our_package() -> None:
+    sources = {
+        "kdumpd/capture/__init__.py": (
+            "import os, json\nfrom kdumpd import plan\nfrom kdumpd.errors import X\n"
+            "def f():\n    import shutil\n    from email import message\n"
+            "from . import sibling\n"
+        )
+    }
+    names = initramfs.agent_import_names(sources)
+    assert {"os", "json", "shutil", "email", "email.message", "runpy"} <= set(names)
+    assert not [n for n in names if n.startswith("kdumpd")]
+    assert "sibling" not in names
+
+
+def test_parse_python_files_splits_sources_and_extensions() -> None:
+    text = (
+        "/usr/lib/python3.11/os.py\n/usr/lib/python3.11/lib-dynload/_json.cpython-311.so\nfrozen\n"
+    )
+    files = initramfs.parse_python_files(text)
+    assert files.sources == ("/usr/lib/python3.11/os.py",)
+    assert files.extensions == ("/usr/lib/python3.11/lib-dynload/_json.cpython-311.so",)
+
+
+@pytest.mark.integration
+def test_lister_reports_lazy_stdlib_imports_of_the_real_python() -> None:
+    files = initramfs.list_python_files(["json", "shutil"])
+    names = {Path(p).name for p in files.sources}
+    assert {"shutil.py", "os.py"} <= names
+    assert any(p.endswith("json/__init__.py") for p in files.sources)
+    assert "ast.py" not in names  # the lister itself imports nothing
+
+
+# -- dracut argv ---------------------------------------------------------------------------
+
+
+def argv_for(plan: CapturePlan, config: KdumpConfig, **kw: object) -> list[str]:
+    return initramfs.dracut_argv(
+        plan,
+        config,
+        image=Path("/state/img.new"),
+        kernel_release=KVER,
+        build_dir=Path("/state/build"),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def option(argv: Sequence[str], name: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == name]
+
+
+def test_dracut_argv_defaults() -> None:
+    argv = argv_for(make_plan(), KdumpConfig())
+    assert argv[0] == "dracut"
+    assert argv[-2:] == ["/state/img.new", KVER]
+    assert option(argv, "--hostonly-mode") == ["strict"]
+    assert {"--hostonly", "--no-hostonly-cmdline", "--no-hostonly-default-device", "--zstd"} <= set(
+        argv
+    )
+    assert option(argv, "--omit-drivers") == ["nouveau amdgpu"]
+    assert option(argv, "--add-drivers") == ["ext4"]
+    assert option(argv, "--add-device") == ["/dev/disk/by-uuid/abc"]
+    modules = option(argv, "--modules")[0].split()
+    assert modules[-1] == "kdumpd" and "systemd-initrd" in modules
+    assert "plymouth" not in modules and "i18n" not in modules and "resume" not in modules
+
+
+def test_dracut_argv_extra_modules_devices_and_user_args() -> None:
+    plan = make_plan(
+        rootfs=MountSpec("/dev/disk/by-uuid/root", "/sysroot", "xfs", "rw"),
+        failure_action="dump_to_rootfs",
+    )
+    config = conf('extra_modules gfs2 dm_mod\ndracut_args --lz4 --install "/usr/bin/x y"\n')
+    argv = argv_for(plan, config, extra_dracut_modules=("dm", "lvm"))
+    assert option(argv, "--add-drivers") == ["ext4 xfs gfs2 dm_mod"]
+    assert option(argv, "--add-device") == ["/dev/disk/by-uuid/abc", "/dev/disk/by-uuid/root"]
+    assert "--zstd" not in argv  # the user chose a compression
+    assert argv[-5:-2] == ["--lz4", "--install", "/usr/bin/x y"]
+    modules = option(argv, "--modules")[0].split()
+    assert modules[-3:] == ["dm", "lvm", "kdumpd"]
+
+
+def test_dracut_argv_without_zstd_and_bad_quotes() -> None:
+    assert "--zstd" not in argv_for(make_plan(), KdumpConfig(), zstd=False)
+    config = conf('path /x\ndracut_args --add "unbalanced\n')
+    with pytest.raises(Exception, match=r"/etc/kdump.conf:2: dracut_args cannot be split"):
+        argv_for(make_plan(), config)
+
+
+# -- manifest and rebuild decision ------------------------------------------------------
+
+
+def manifest(paths: Paths, config: KdumpConfig, plan: CapturePlan, kernel: Path) -> Manifest:
+    return initramfs.compute_manifest(
+        paths, config, plan, kernel_image=kernel, template_dir=TEMPLATES, dracut_version_text="059"
+    )
+
+
+def record_image(paths: Paths, m: Manifest) -> None:
+    write(initramfs.image_path(paths, KVER), "image")
+    write(initramfs.manifest_path(paths, KVER), m.to_json())
+
+
+def test_manifest_moves_with_content_not_mtime(fake_root: Paths) -> None:
+    kernel = system(fake_root)
+    config, plan = KdumpConfig(), make_plan()
+    first = manifest(fake_root, config, plan, kernel)
+    record_image(fake_root, first)
+    assert initramfs.rebuild_reason(fake_root, config, first) is None
+
+    for path in (fake_root.kdump_conf, kernel, fake_root.under_root("/usr/bin/makedumpfile")):
+        os.utime(path, (1, 4_000_000_000))
+    assert manifest(fake_root, config, plan, kernel) == first
+
+    write(fake_root.kdump_conf, "path /var/crash\nfinal_action poweroff\n")
+    second = manifest(fake_root, config, plan, kernel)
+    assert initramfs.changed_inputs(first, second) == ["kdump.conf changed"]
+    assert (
+        initramfs.rebuild_reason(fake_root, config, second)
+        == "Detected change(s): kdump.conf changed"
+    )
+
+    write(kernel, "kernel v2")
+    write(fake_root.under_root("/usr/bin/makedumpfile"), "makedumpfile v2")
+    third = manifest(fake_root, config, plan, kernel)
+    assert initramfs.changed_inputs(second, third) == [
+        "core_collector /usr/bin/makedumpfile changed",
+        f"kernel vmlinuz-{KVER} changed",
+    ]
+
+
+def test_manifest_covers_plan_hooks_sysconfig_and_modules(fake_root: Paths) -> None:
+    kernel = system(fake_root)
+    hook = write(fake_root.under_root("/etc/kdump/pre.d/10-x"), "#!/bin/sh\n")
+    ko_dir = fake_root.modules / KVER
+    write(ko_dir / "modules.dep", "kernel/fs/gfs2/gfs2.ko.xz: kernel/fs/dlm/dlm.ko.xz\n")
+    write(ko_dir / "kernel/fs/gfs2/gfs2.ko.xz", "gfs2")
+    write(ko_dir / "kernel/fs/dlm/dlm.ko.xz", "dlm v1")
+    config = conf("extra_modules gfs2 nosuchmod\n")
+    plan = make_plan(pre_d=("/etc/kdump/pre.d/10-x",))
+    first = manifest(fake_root, config, plan, kernel)
+    assert first.inputs["module nosuchmod"] == "missing"
+    assert "template kdumpd-setup.sh.j2" in first.inputs
+    assert "agent kdumpd/plan.py" in first.inputs
+
+    write(ko_dir / "kernel/fs/dlm/dlm.ko.xz", "dlm v2")
+    write(hook, "#!/bin/sh\necho changed\n")
+    write(fake_root.default_kdump, "KDUMP_COMMANDLINE_APPEND=x\n")
+    second = manifest(fake_root, config, make_plan(pre_d=plan.pre_d, final_action="halt"), kernel)
+    assert initramfs.changed_inputs(first, second) == [
+        "/etc/default/kdump added",
+        "capture plan changed",
+        "module gfs2: dlm.ko.xz changed",
+        "program /etc/kdump/pre.d/10-x changed",
+    ]
+
+
+def test_rebuild_reason_missing_image_and_force_flags(fake_root: Paths) -> None:
+    kernel = system(fake_root)
+    plan = make_plan()
+    m = manifest(fake_root, KdumpConfig(), plan, kernel)
+    image = initramfs.image_path(fake_root, KVER)
+    assert (
+        initramfs.rebuild_reason(fake_root, KdumpConfig(), m) == "No kdump initial ramdisk found."
+    )
+    # force_no_rebuild cannot help without an image
+    no = conf("force_no_rebuild 1\n")
+    assert initramfs.rebuild_reason(fake_root, no, m) == "No kdump initial ramdisk found."
+    record_image(fake_root, m)
+    assert (
+        initramfs.rebuild_reason(fake_root, conf("force_rebuild 1\n"), m)
+        == f"Force rebuild {image}"
+    )
+    changed = Manifest(KVER, {**m.inputs, "kdump.conf": "0" * 64})
+    assert initramfs.rebuild_reason(fake_root, no, changed) is None
+    initramfs.manifest_path(fake_root, KVER).unlink()
+    assert "No record of the inputs" in str(initramfs.rebuild_reason(fake_root, KdumpConfig(), m))
+
+
+def test_missing_collector_names_the_directive(fake_root: Paths) -> None:
+    kernel = system(fake_root)
+    config = conf("path /var/crash\ncore_collector cp --sparse=always\n")
+    os.remove(fake_root.under_root("/usr/bin/makedumpfile"))
+    with pytest.raises(Exception, match=r"/etc/kdump.conf:2: core_collector program cp not found"):
+        manifest(fake_root, config, make_plan(core_collector=("cp", "--sparse=always")), kernel)
+
+
+# -- build with stubbed programs -------------------------------------------------------
+
+
+def test_build_renames_image_into_place_and_writes_manifest(
+    fake_root: Paths, programs: ProgramStub
+) -> None:
+    kernel = system(fake_root)
+    plan, config = make_plan(), KdumpConfig()
+    m = manifest(fake_root, config, plan, kernel)
+    seen: dict[str, object] = {}
+
+    def dracut(argv: Sequence[str]) -> proc.Completed:
+        build_dir = Path(argv[argv.index("--tmpdir") + 1])
+        seen["setup"] = (build_dir / "kdumpd-setup.sh").read_text()
+        seen["plan"] = (build_dir / "plan.json").read_text()
+        seen["agent"] = sorted(p.name for p in (build_dir / "agent" / "kdumpd").iterdir())
+        Path(argv[-2]).write_bytes(b"new image")
+        return proc.Completed(tuple(argv), 0, "dracut: *** Creating image ***\n", "")
+
+    programs.expect("python3", stdout="/usr/lib/python3.11/os.py\n/usr/lib/python3.11/x.so\n")
+    programs.expect_call("dracut", dracut)
+    lines: list[str] = []
+    result = initramfs.build(
+        fake_root, config, plan, kernel_release=KVER, manifest=m, on_line=lines.append
+    )
+    assert result.image.read_bytes() == b"new image"
+    assert Manifest.from_json(initramfs.manifest_path(fake_root, KVER).read_text()) == m
+    assert lines == ["dracut: *** Creating image ***"]
+    assert seen["plan"] == plan.to_json()
+    assert "/usr/lib/python3.11/os.py" in str(seen["setup"])
+    assert {"plan.py", "proc.py", "errors.py", "__init__.py"} <= set(seen["agent"])  # type: ignore[arg-type]
+    # nothing left behind but the image and its manifest
+    assert sorted(p.name for p in fake_root.state_dir.iterdir()) == [
+        f"initramfs-{KVER}kdump.img",
+        f"initramfs-{KVER}kdump.manifest.json",
+    ]
+
+
+def test_failed_build_keeps_the_old_image(fake_root: Paths, programs: ProgramStub) -> None:
+    kernel = system(fake_root)
+    plan, config = make_plan(), KdumpConfig()
+    old = manifest(fake_root, config, plan, kernel)
+    record_image(fake_root, old)
+    programs.expect("python3", stdout="")
+    programs.expect("dracut", stdout="dracut: kdumpd: agent cannot start", returncode=1)
+    new = Manifest(KVER, {"kdump.conf": "changed"})
+    with pytest.raises(initramfs.BuildError) as caught:
+        initramfs.build(fake_root, config, plan, kernel_release=KVER, manifest=new)
+    assert "previous image (if any) is kept" in str(caught.value)
+    assert initramfs.image_path(fake_root, KVER).read_text() == "image"
+    assert Manifest.from_json(initramfs.manifest_path(fake_root, KVER).read_text()) == old
+    assert len(list(fake_root.state_dir.iterdir())) == 2
+
+
+def test_python_files_type_is_plain() -> None:
+    assert PythonFiles((), ()) == initramfs.parse_python_files("")
+
+
+# -- real dracut on this host (no kernel modules here: --no-kernel) ---------------------
+
+
+def dracut_overlay(tmp_path: Path) -> Path:
+    """A dracutbasedir that is the system's plus our static 99kdumpd shim."""
+    system_base = Path("/usr/lib/dracut")
+    base = tmp_path / "dracutbase"
+    (base / "modules.d").mkdir(parents=True)
+    for entry in system_base.iterdir():
+        if entry.name != "modules.d":
+            (base / entry.name).symlink_to(entry)
+    for module in (system_base / "modules.d").iterdir():
+        (base / "modules.d" / module.name).symlink_to(module)
+    (base / "modules.d" / "99kdumpd").symlink_to(TEMPLATES.parent / "99kdumpd")
+    return base
+
+
+def agent_package(tmp_path: Path, capture_init: str) -> Path:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    source = Path(initramfs.__file__).parent
+    for name in initramfs.AGENT_MODULES:
+        shutil.copyfile(source / name, package / name)
+    write(package / "capture" / "__init__.py", capture_init)
+    write(package / "capture" / "__main__.py", "def main():\n    import shutil\n\nmain()\n")
+    return package
+
+
+needs_dracut = pytest.mark.skipif(
+    shutil.which("dracut") is None or os.geteuid() != 0, reason="needs dracut and root (chroot)"
+)
+
+
+@pytest.mark.integration
+@needs_dracut
+def test_real_dracut_builds_and_the_agent_starts_in_the_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("dracutbasedir", str(dracut_overlay(tmp_path)))
+    paths = Paths(root=Path("/"))
+    monkeypatch.setattr(Paths, "state_dir", property(lambda self: tmp_path / "state"))
+    package = agent_package(tmp_path, "import json\nfrom kdumpd import plan, proc, errors\n")
+    lines: list[str] = []
+    result = initramfs.build(
+        paths,
+        KdumpConfig(),
+        make_plan(),
+        kernel_release=KVER,
+        manifest=Manifest(KVER, {}),
+        on_line=lines.append,
+        agent_package=package,
+        extra_dracut_args=["--no-kernel"],
+    )
+    assert result.image.stat().st_size > 0
+    assert any("Including module: kdumpd" in line for line in lines)
+    listing = subprocess.run(
+        ["lsinitrd", str(result.image)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    ).stdout
+    for wanted in (
+        "etc/kdumpd/plan.json",
+        "usr/lib/kdumpd/kdumpd/capture/__init__.py",
+        "usr/lib/python3.11/json/__init__.py",
+        "usr/lib/systemd/system/initrd.target.wants/kdumpd-capture.service",
+        "usr/bin/makedumpfile",
+    ):
+        assert wanted in listing, wanted
+
+
+@pytest.mark.integration
+@needs_dracut
+def test_real_dracut_fails_when_the_agent_cannot_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("dracutbasedir", str(dracut_overlay(tmp_path)))
+    monkeypatch.setattr(Paths, "state_dir", property(lambda self: tmp_path / "state"))
+    # an import the lister cannot satisfy either: the image lacks it, the self check fails
+    package = agent_package(tmp_path, "import kdumpd_no_such_module\n")
+    with pytest.raises(initramfs.BuildError) as caught:
+        initramfs.build(
+            Paths(root=Path("/")),
+            KdumpConfig(),
+            make_plan(),
+            kernel_release=KVER,
+            manifest=Manifest(KVER, {}),
+            agent_package=package,
+            extra_dracut_args=["--no-kernel"],
+        )
+    cause = caught.value.__cause__
+    assert isinstance(cause, proc.ProgramError)
+    assert "cannot be imported inside the image" in cause.stdout + cause.stderr
+    assert not (tmp_path / "state" / f"initramfs-{KVER}kdump.img").exists()

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kdumpd.capture.actions import PrintingExecutor, systemctl_executor
-from kdumpd.capture.agent import CaptureContext, run_capture
+from kdumpd.capture.agent import CaptureContext, run_capture, run_error_handler
 from kdumpd.capture.log import CaptureLog
 from kdumpd.paths import Paths
 from kdumpd.plan import PLAN_PATH_IN_IMAGE, CapturePlan
@@ -24,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run-actions",
         action="store_true",
         help="print 'ACTION: <name>' instead of rebooting, halting or starting a shell",
+    )
+    p.add_argument(
+        "--error-handler",
+        action="store_true",
+        help="run the emergency hooks and failure_action (the emergency unit's entry)",
     )
     return p
 
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         log=log,
         nproc=len(os.sched_getaffinity(0)),
     )
-    return run_capture(ctx)
+    return run_error_handler(ctx) if args.error_handler else run_capture(ctx)
 
 
 if __name__ == "__main__":

@@ -142,20 +142,52 @@ def _run(ctx: CaptureContext) -> int:
         _act(ctx, plan.final_action)
         return 0
 
-    hooks += run_hooks(ctx.paths, plan.emergency_d, [], log)
-    if plan.kdump_emergency:
-        hooks.append(run_hook(ctx.paths, plan.kdump_emergency, [], log))
-    action = plan.failure_action if plan.failure_action in FAILURE_ACTIONS else "reboot"
+    hooks += _run_emergency_hooks(ctx)
+    action = _failure_action(plan)
     _finish(ctx, sink, record, hooks, action)
+    _fail(ctx, action, started)
+    return 1
+
+
+def run_error_handler(ctx: CaptureContext) -> int:
+    """The emergency unit's entry: something failed before or around the agent.
+
+    Reached when the capture unit failed without the agent reaching its own
+    failure path (it could not start, a dracut emergency, a timeout): run the
+    emergency hooks, then failure_action, then final_action where it applies.
+    """
+    old_umask = os.umask(0o077)
+    try:
+        ctx.log.info("kdumpd error handler: the capture did not complete")
+        _run_emergency_hooks(ctx)
+        _fail(ctx, _failure_action(ctx.plan), ctx.now())
+        return 1
+    finally:
+        os.umask(old_umask)
+
+
+def _run_emergency_hooks(ctx: CaptureContext) -> list[HookRun]:
+    plan = ctx.plan
+    hooks = run_hooks(ctx.paths, plan.emergency_d, [], ctx.log)
+    if plan.kdump_emergency:
+        hooks.append(run_hook(ctx.paths, plan.kdump_emergency, [], ctx.log))
+    return hooks
+
+
+def _failure_action(plan: CapturePlan) -> str:
+    return plan.failure_action if plan.failure_action in FAILURE_ACTIONS else "reboot"
+
+
+def _fail(ctx: CaptureContext, action: str, started: datetime) -> None:
+    """Carry out failure_action; shell and dump_to_rootfs are followed by final_action."""
     if action == "dump_to_rootfs":
         _dump_to_rootfs(ctx, started)
-        _act(ctx, plan.final_action)
+        _act(ctx, ctx.plan.final_action)
     elif action == "shell":
         _act(ctx, "shell")
-        _act(ctx, plan.final_action)
+        _act(ctx, ctx.plan.final_action)
     else:
         _act(ctx, action)
-    return 1
 
 
 def _new_record(ctx: CaptureContext, started: datetime) -> DumpRecord:

@@ -14,7 +14,7 @@ import pytest
 
 from kdumpd import proc
 from kdumpd.capture import fs
-from kdumpd.capture.agent import CaptureContext, run_capture
+from kdumpd.capture.agent import CaptureContext, run_capture, run_error_handler
 from kdumpd.capture.log import CaptureLog
 from kdumpd.paths import Paths
 from kdumpd.plan import CapturePlan, MountSpec, TargetSpec
@@ -154,6 +154,24 @@ def test_failed_dump_passes_status_1_runs_emergency_then_failure_action(
     assert names == [("10-post", ("1",)), ("post", ("1",)), ("10-emerg", ()), ("emerg", ())]
     assert agent.actions == ["halt"]
     assert "cannot create dump directory" in agent.console.getvalue()
+
+
+def test_error_handler_runs_emergency_hooks_then_failure_action(
+    fake_root: Paths, programs: ProgramStub, vmcore: Path
+) -> None:
+    # The emergency unit's entry: no dump is attempted, only hooks and the action.
+    programs.expect("10-emerg")
+    programs.expect("emerg")
+    plan = make_plan(
+        emergency_d=("/etc/kdump/emergency.d/10-emerg",),
+        kdump_emergency="/bin/emerg",
+        failure_action="shell",
+    )
+    agent = Agent(fake_root, vmcore, plan)
+    assert run_error_handler(agent.ctx) == 1
+    assert [Path(c[0]).name for c in programs.calls] == ["10-emerg", "emerg"]
+    assert agent.actions == ["shell", "poweroff"]
+    assert not fake_root.var_crash.exists()
 
 
 def test_failing_kdump_pre_skips_dump_and_runs_final_action(

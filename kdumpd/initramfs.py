@@ -443,7 +443,12 @@ def sysconfig_file(paths: Paths) -> tuple[str, Path] | None:
 
 def dracut_version() -> str:
     """``dracut --version`` (part of the manifest: a new dracut builds a different image)."""
-    return proc.run(["dracut", "--version"], timeout=30).stdout.strip()
+    # Debian's dracut 059 prints its version and then exits 1.
+    result = proc.run(["dracut", "--version"], ok_codes=(0, 1), timeout=30)
+    version = result.stdout.strip()
+    if not version.startswith("dracut"):
+        raise BuildError(f"dracut --version printed no version: {result.stderr.strip()!r}")
+    return version
 
 
 # -- the manifest ---------------------------------------------------------------

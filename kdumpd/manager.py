@@ -235,6 +235,9 @@ def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
                 kernel_release=kver,
                 manifest=manifest,
                 extra_dracut_modules=compiled.dracut_modules,
+                # dracut takes minutes: show its lines as they come (progress), and
+                # the reason right where it fails.
+                on_line=lambda line: messages.info(f"dracut: {line}"),
             )
             for warning in result.warnings:
                 messages.warn(str(warning))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -108,6 +109,13 @@ def run_capture(ctx: CaptureContext) -> int:
     old_umask = os.umask(0o077)
     try:
         return _run(ctx)
+    except Exception:
+        # A bug here must not cost the dump's failure handling: log the traceback
+        # (it reaches the console and kexec-dmesg.log) and carry out failure_action.
+        ctx.log.info("internal error in the capture agent:\n" + traceback.format_exc())
+        _run_emergency_hooks(ctx)
+        _fail(ctx, _failure_action(ctx.plan), ctx.now())
+        return 1
     finally:
         os.umask(old_umask)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,7 +87,10 @@ def is_mounted(paths: Paths, mountpoint: str) -> bool:
 
 
 def _unescape(field: str) -> str:
-    return field.encode().decode("unicode_escape")
+    # The kernel writes space, tab, newline and backslash as \\ooo octal escapes.
+    # (Not codecs' unicode_escape: the capture image carries only the codecs the
+    # agent imports at build time, and that one is loaded lazily.)
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def wait_for_device(

@@ -174,6 +174,20 @@ def test_error_handler_runs_emergency_hooks_then_failure_action(
     assert not fake_root.var_crash.exists()
 
 
+def test_internal_error_still_runs_failure_action(
+    fake_root: Paths, programs: ProgramStub, vmcore: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> bool:
+        raise LookupError("unknown encoding: unicode_escape")
+
+    monkeypatch.setattr("kdumpd.capture.agent._dump", broken)
+    agent = Agent(fake_root, vmcore, make_plan(failure_action="halt"))
+    assert agent.run() == 1
+    assert agent.actions == ["halt"]
+    assert "internal error in the capture agent" in agent.console.getvalue()
+    assert "unicode_escape" in agent.console.getvalue()
+
+
 def test_failing_kdump_pre_skips_dump_and_runs_final_action(
     fake_root: Paths, programs: ProgramStub, vmcore: Path
 ) -> None:

@@ -1,0 +1,480 @@
+"""The ssh dump target, first-kernel side: destination, reachability, keys, host key.
+
+The capture kernel streams the dump through ``ssh user@host "dd of=..."``
+with ``BatchMode=yes`` and ``StrictHostKeyChecking=yes`` (§5.5), so before
+arming, the first kernel must prove that exactly that will work:
+
+* :func:`resolve_destination` reads ``ssh -G`` like kdumpctl: the host part of
+  ``ssh user@host`` must be what ssh itself resolves it to (ssh_config ``Host``
+  aliases are refused, since the capture kernel has no ssh_config). kdump.conf
+  has no port directive; the port ssh_config gives the host is taken from
+  ``ssh -G`` and written into the plan, so ``Host 10.0.0.5 / Port 2222`` works.
+* :func:`preflight` runs, with the options the capture kernel will use (and
+  ``-F /dev/null`` so the user's ssh_config cannot make it pass where the
+  capture kernel would fail), ``mkdir -p <path>`` and creates and removes a
+  probe file, waiting up to 180 s for the network like §3.3 step 6. Failures
+  are classified (:class:`SshFailure`) and worded as kdumpctl words them, plus
+  what to do.
+* :func:`propagate` is ``kdumpctl propagate`` (§3.9).
+* :func:`known_hosts_entry` finds the server's host key line that the capture
+  image must carry.
+
+The server needs nothing but sshd and a POSIX shell with mkdir and rm
+(preflight), dd and mv (capture), and df (the optional size check).
+"""
+
+from __future__ import annotations
+
+import enum
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kdumpd import proc
+from kdumpd.errors import ConfigError, Problem
+from kdumpd.messages import Messages
+from kdumpd.targets import TargetError
+
+if TYPE_CHECKING:
+    from kdumpd.config.kdumpconf import DumpTarget, KdumpConfig
+    from kdumpd.paths import Paths
+
+CONFIG_FILE = "/etc/kdump.conf"
+DEFAULT_PORT = 22
+#: How long kdumpctl waits for a network target to become usable (§3.3 step 6).
+DEFAULT_WAIT_SECONDS = 180.0
+DEFAULT_POLL_SECONDS = 1.0
+#: ssh's own bound on connecting (TCP and key exchange), per attempt.
+CONNECT_TIMEOUT_SECONDS = 10
+# kdump-utils generates RSA keys, and so do we: the default key file is named
+# kdump_id_rsa, and servers in FIPS mode (RHEL, a common dump server) refuse
+# ed25519. ssh-keygen's default RSA size (3072 bits) and rsa-sha2 signatures
+# are accepted everywhere OpenSSH >= 7.2 runs; the capture kernel signs once.
+DEFAULT_KEY_TYPE = "rsa"
+# Where ssh looks when ssh -G cannot tell (root's files: kdumpctl runs as root).
+FALLBACK_KNOWN_HOSTS: tuple[str, ...] = ("/root/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts")
+_PROBE_NAME = ".kdumpd-probe"
+_SSH_FAILED = 255  # ssh's own exit status; anything else comes from the remote command
+
+
+class SshFailure(enum.Enum):
+    """Why an ssh target cannot be used; each calls for a different fix."""
+
+    NETWORK = "network"  # no route, refused, timed out, name not resolved
+    HOST_KEY = "host-key"  # server host key unknown or changed
+    AUTHENTICATION = "authentication"  # key refused or missing
+    PERMISSION = "permission"  # logged in, but the remote command failed
+
+
+class SshTargetError(TargetError):
+    """An ssh target is unusable; ``failure`` says which kind of fix it needs."""
+
+    def __init__(self, message: str, failure: SshFailure | None = None) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
+@dataclass(frozen=True)
+class SshDestination:
+    """An ssh target as the capture kernel will reach it."""
+
+    user: str
+    host: str  # as kdump.conf writes it, and as ssh -G resolves it
+    port: int = DEFAULT_PORT
+    #: Known-hosts files ssh would read for this host (user's first), from ssh -G.
+    known_hosts_files: tuple[str, ...] = FALLBACK_KNOWN_HOSTS
+
+    @property
+    def target(self) -> str:
+        """``user@host``, as kdump.conf and kdumpctl's messages write it."""
+        return f"{self.user}@{self.host}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name a known_hosts line carries for this host: ``host`` or ``[host]:port``."""
+        return self.host if self.port == DEFAULT_PORT else f"[{self.host}]:{self.port}"
+
+
+# -- destination ----------------------------------------------------------------
+
+
+def parse_ssh_g(text: str) -> dict[str, str]:
+    """``ssh -G`` output as {option: value}; the first occurrence of an option wins."""
+    options: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key and key.lower() not in options:
+            options[key.lower()] = value.strip()
+    return options
+
+
+def _format_hint(source: str) -> str:
+    return (
+        f"Please verify that {source} contains 'ssh <user>@<host>' "
+        "and that it is properly formatted."
+    )
+
+
+def resolve_destination(
+    target: DumpTarget,
+    *,
+    ssh_config: Path | None = None,
+    source: str = CONFIG_FILE,
+    line: int = 0,
+) -> SshDestination:
+    """Check ``ssh user@host`` against ``ssh -G`` and take the port from it.
+
+    ``ssh_config`` replaces the user's ssh_config (``ssh -G -F``), for tests
+    and for ``kdumpctl --root``. Raises ConfigError at ``source:line``.
+    """
+    user, host = target.user, target.host
+    if not user or not host:
+        raise ConfigError([Problem(source, line, _format_hint(source))])
+    if host.startswith("-") or user.startswith("-") or any(c.isspace() for c in target.value):
+        raise ConfigError(
+            [Problem(source, line, f"Invalid ssh destination {target.value} provided.")]
+        )
+    argv = ["ssh", "-G"]
+    if ssh_config is not None:
+        argv += ["-F", str(ssh_config)]
+    try:
+        done = proc.run([*argv, target.value], timeout=30)
+    except proc.ProgramError as exc:
+        raise SshTargetError(
+            f"cannot read the ssh client configuration for {target.value}: {exc}; "
+            "check ~/.ssh/config and /etc/ssh/ssh_config (ssh -G must succeed)"
+        ) from exc
+    options = parse_ssh_g(done.stdout)
+    resolved = options.get("hostname", "")
+    # ssh lowercases host names before matching; DNS names are case-insensitive.
+    if resolved.lower() != host.lower():
+        raise ConfigError(
+            [
+                Problem(
+                    source,
+                    line,
+                    f"Invalid ssh destination {target.value} provided. ssh resolves it to "
+                    f"'{resolved}' through ssh_config; the capture kernel does not read "
+                    "ssh_config, so write the real host name or address in kdump.conf.",
+                )
+            ]
+        )
+    try:
+        port = int(options.get("port", str(DEFAULT_PORT)))
+    except ValueError:
+        port = DEFAULT_PORT
+    files = tuple(options.get("userknownhostsfile", "").split()) + tuple(
+        options.get("globalknownhostsfile", "").split()
+    )
+    return SshDestination(
+        user=options.get("user", user) or user,
+        host=host,
+        port=port,
+        known_hosts_files=files or FALLBACK_KNOWN_HOSTS,
+    )
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def ssh_base_argv(
+    *,
+    user: str,
+    host: str,
+    port: int = DEFAULT_PORT,
+    identity: str,
+    known_hosts: str,
+    batch: bool = True,
+    connect_timeout: int = CONNECT_TIMEOUT_SECONDS,
+) -> list[str]:
+    """The ssh command line both kernels use, up to (not including) the remote command.
+
+    ``-F /dev/null`` and ``GlobalKnownHostsFile=/dev/null``: only what is
+    named here counts, as in the capture image. ``IdentitiesOnly``: an agent
+    or a default key must not make the check pass where the kdump key fails.
+    """
+    argv = ["ssh", "-F", "/dev/null", "-i", identity, "-o", "IdentitiesOnly=yes"]
+    if batch:
+        argv += ["-o", "BatchMode=yes"]
+    argv += [
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", f"ConnectTimeout={connect_timeout}",
+        "-p", str(port),
+        f"{user}@{host}",
+    ]  # fmt: skip
+    return argv
+
+
+def probe_command(path: str) -> str:
+    """Remote shell command: create ``path`` and prove a file can be written in it.
+
+    ``set -C`` makes ``: >`` an exclusive create, so no mktemp is needed.
+    """
+    where = shlex.quote(path)
+    probe = f"{where}/{_PROBE_NAME}.$$"
+    return f"set -C && mkdir -p -- {where} && : > {probe} && rm -f -- {probe}"
+
+
+def classify(returncode: int | None, stderr: str) -> SshFailure | None:
+    """The kind of failure of an ssh run (None: it worked), by kdumpctl's rules (§3.3).
+
+    ``returncode`` None means the run timed out.
+    """
+    if returncode == 0:
+        return None
+    if returncode is None:
+        return SshFailure.NETWORK
+    if returncode != _SSH_FAILED:
+        return SshFailure.PERMISSION
+    if (
+        "Host key verification failed" in stderr
+        or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr
+    ):
+        return SshFailure.HOST_KEY
+    if (
+        "Permission denied" in stderr
+        or "No such file or directory" in stderr
+        or "Too many authentication failures" in stderr
+    ):
+        return SshFailure.AUTHENTICATION
+    return SshFailure.NETWORK
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def failure_message(
+    failure: SshFailure,
+    dest: SshDestination,
+    path: str,
+    *,
+    identity: str,
+    known_hosts: str,
+    stderr: str,
+    waited: float = 0.0,
+) -> str:
+    """kdumpctl's sentence for the failure, then what to do about it."""
+    where = f"{dest.target}:{path}"
+    said = _last_line(stderr)
+    if failure is SshFailure.PERMISSION:
+        return (
+            f"Could not create {where}, you should check the privilege on server side. "
+            f"The server said: {said}. {dest.user} needs write access to {path} there."
+        )
+    if failure is SshFailure.HOST_KEY:
+        return (
+            f'Could not create {where}, you probably need to run "kdumpctl propagate". '
+            f"The host key of {dest.known_hosts_name} is unknown or changed in {known_hosts} "
+            f"(ssh: {said}). Connect once with 'ssh -p {dest.port} {dest.target}' to check "
+            "and accept it, or remove a stale line with 'ssh-keygen -R'."
+        )
+    if failure is SshFailure.AUTHENTICATION:
+        return (
+            f'Could not create {where}, you probably need to run "kdumpctl propagate". '
+            f"The server refused the key {identity} (ssh: {said}); 'kdumpctl propagate' "
+            f"installs it in ~{dest.user}/.ssh/authorized_keys on {dest.host}."
+        )
+    return (
+        f"Could not create {where}, ipaddr is not ready yet. You should check network "
+        f"connection. Waited {waited:.0f} s for {dest.host} port {dest.port} "
+        f"(ssh: {said})."
+    )
+
+
+def _attempt(argv: Sequence[str], timeout: float) -> tuple[int | None, str, str]:
+    try:
+        done = proc.run(argv, ok_codes=range(256), timeout=timeout)
+    except proc.ProgramError as exc:
+        if exc.returncode is None and "not found" in exc.reason:
+            raise SshTargetError(
+                "ssh is not installed; install the openssh-client package for ssh dump targets"
+            ) from exc
+        return exc.returncode, exc.stdout, exc.stderr
+    return done.returncode, done.stdout, done.stderr
+
+
+def preflight(
+    dest: SshDestination,
+    *,
+    identity: str,
+    known_hosts: str,
+    path: str,
+    messages: Messages,
+    wait: float = DEFAULT_WAIT_SECONDS,
+    poll: float = DEFAULT_POLL_SECONDS,
+    connect_timeout: int = CONNECT_TIMEOUT_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Prove the server is reachable and ``path`` writable there, waiting for the network.
+
+    ``identity`` and ``known_hosts`` are files of the machine running the
+    check. Network failures are retried every ``poll`` seconds for up to
+    ``wait`` seconds (one warning); other failures stop at once. Raises
+    :class:`SshTargetError` with :attr:`SshTargetError.failure` set.
+    """
+    start = clock()
+    warned = False
+    while True:
+        left = wait - (clock() - start)
+        per_try = max(1, min(connect_timeout, int(left) if left >= 1 else 1))
+        argv = ssh_base_argv(
+            user=dest.user,
+            host=dest.host,
+            port=dest.port,
+            identity=identity,
+            known_hosts=known_hosts,
+            connect_timeout=per_try,
+        )
+        code, _, err = _attempt([*argv, probe_command(path)], timeout=per_try + 60)
+        failure = classify(code, err)
+        if failure is None:
+            return
+        waited = clock() - start
+        if failure is not SshFailure.NETWORK or waited + poll > wait:
+            raise SshTargetError(
+                failure_message(
+                    failure,
+                    dest,
+                    path,
+                    identity=identity,
+                    known_hosts=known_hosts,
+                    stderr=err,
+                    waited=waited,
+                ),
+                failure,
+            )
+        if not warned:
+            messages.warn("Network dump target is not usable, waiting for it to be ready...")
+            warned = True
+        sleep(poll)
+
+
+def check_remote_size(
+    dest: SshDestination,
+    *,
+    identity: str,
+    known_hosts: str,
+    path: str,
+    mem_total_kib: int,
+    messages: Messages,
+) -> None:
+    """Warn when the remote free space is below MemTotal (§5.1); never fails."""
+    argv = ssh_base_argv(
+        user=dest.user, host=dest.host, port=dest.port, identity=identity, known_hosts=known_hosts
+    )
+    code, out, _ = _attempt([*argv, f"df -P -k -- {shlex.quote(path)}"], timeout=60)
+    words = out.strip().splitlines()[-1].split() if code == 0 and out.strip() else []
+    if len(words) < 4 or not words[3].isdigit():
+        messages.warn("checking remote ssh server available size failed.")
+        return
+    if int(words[3]) < mem_total_kib:
+        messages.warn("There might not be enough space to save a vmcore.")
+        messages.warn(
+            f"The size of {dest.target}:{path} should be greater than "
+            f"{mem_total_kib} kilo bytes."
+        )
+
+
+# -- keys ----------------------------------------------------------------------
+
+
+def propagate(
+    config: KdumpConfig,
+    paths: Paths,
+    messages: Messages,
+    *,
+    interactive: bool = True,
+    ssh_options: Sequence[str] = (),
+    key_type: str = DEFAULT_KEY_TYPE,
+) -> Path:
+    """``kdumpctl propagate``: make the kdump key and install it on the server (§3.9).
+
+    Interactive (the default), ``ssh-copy-id`` asks for the password and for
+    accepting the host key on the terminal. ``interactive=False`` runs it in
+    batch mode with ``ssh_options`` (``-o``, ``-p``, ``-F`` for ssh-copy-id)
+    that must already authenticate, e.g. an administrator's key; ``-f`` then
+    skips ssh-copy-id's "already installed" test, which would log in with
+    those options and wrongly conclude the new key works. Returns the key file.
+    """
+    from kdumpd.config.checks import effective_sshkey
+
+    target = config.target
+    if target is None or target.kind != "ssh":
+        raise SshTargetError(
+            f"No ssh destination defined in {CONFIG_FILE}.\n{_format_hint(CONFIG_FILE)}"
+        )
+    if not target.user or not target.host:
+        raise SshTargetError(_format_hint(CONFIG_FILE))
+    key = effective_sshkey(config, paths)
+    key_file = paths.under_root(key)
+    if key_file.exists():
+        messages.info("Using existing keys...")
+    else:
+        messages.info("Generating new ssh keys... ")
+        key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            proc.run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-f", str(key_file)])
+        except proc.ProgramError as exc:
+            raise SshTargetError(
+                f"Generating the ssh key {key} failed: {exc}; check that "
+                f"{key_file.parent} is writable."
+            ) from exc
+        messages.info("done.")
+    argv = ["ssh-copy-id", "-i", str(key_file)]
+    if not interactive:
+        argv += ["-f", "-o", "BatchMode=yes"]
+    argv += [*ssh_options, target.value]
+    try:
+        if interactive:
+            proc.run(argv, interactive=True, timeout=None)
+        else:
+            proc.run(argv, timeout=120)
+    except proc.ProgramError as exc:
+        raise SshTargetError(
+            f"Failed to propagate ssh key, could not transfer {key} to {target.host}. "
+            f"({exc}) Check that {target.value} accepts a password or another key for "
+            "this one-time copy.",
+            SshFailure.AUTHENTICATION,
+        ) from exc
+    messages.info(f"{key} has been added to ~{target.user}/.ssh/authorized_keys on {target.host}")
+    return key_file
+
+
+def known_hosts_entry(paths: Paths, dest: SshDestination) -> str:
+    """The known_hosts lines for ``dest`` the capture image must carry (may be hashed).
+
+    Searched with ``ssh-keygen -F`` in the files ssh -G named. Raises
+    SshTargetError (HOST_KEY) when no file knows the host.
+    """
+    name = dest.known_hosts_name
+    found: list[str] = []
+    searched: list[str] = []
+    for shown in dest.known_hosts_files:
+        if not shown.startswith("/"):
+            continue
+        location = paths.under_root(shown)
+        if not location.is_file():
+            continue
+        searched.append(shown)
+        done = proc.run(["ssh-keygen", "-F", name, "-f", str(location)], ok_codes=(0, 1))
+        for line in done.stdout.splitlines():
+            if line.strip() and not line.startswith("#") and line not in found:
+                found.append(line)
+    if not found:
+        where = ", ".join(searched) if searched else " or ".join(dest.known_hosts_files)
+        raise SshTargetError(
+            f"The host key of {name} is not in {where}; the capture kernel checks it "
+            f"strictly and would refuse to send the dump. Connect once with "
+            f"'ssh -p {dest.port} {dest.target}' and accept the key, or run "
+            "'kdumpctl propagate'.",
+            SshFailure.HOST_KEY,
+        )
+    return "\n".join(found) + "\n"

@@ -13,6 +13,20 @@ echo "== ruff"
 "$venv/ruff" check kdumpd tests tools
 echo "== mypy --strict"
 "$venv/mypy" --strict kdumpd
-echo "== pytest"
-# shellcheck disable=SC2086
-exec "$venv/python" -m pytest -p no:cacheprovider -ra ${KDUMPD_TESTS:-tests}
+pytest=("$venv/python" -m pytest -p no:cacheprovider -ra)
+if [[ -n "${KDUMPD_TESTS:-}" ]]; then
+    echo "== pytest $KDUMPD_TESTS"
+    # shellcheck disable=SC2086
+    exec "${pytest[@]}" $KDUMPD_TESTS
+fi
+
+echo "== pytest: unit and integration"
+"${pytest[@]}" tests/unit tests/integration
+
+echo "== pytest: VM scenarios"
+# Built once here, not per pytest-xdist worker: both workers would write .cache/deb.
+KDUMPD_DEB=$(bash tools/build-deb.sh)
+export KDUMPD_DEB
+"$venv/python" tests/vm/harness.py build
+# Two guests at a time: each TCG guest keeps one of the two cores busy.
+exec "${pytest[@]}" -n 2 --dist load tests/vm

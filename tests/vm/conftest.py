@@ -9,6 +9,7 @@ to the failure report.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 @pytest.fixture(scope="session")
 def kdumpd_deb(pytestconfig: pytest.Config) -> str:
     """The kdumpd .deb built from this tree (tools/build-deb.sh), once per session."""
+    prebuilt = os.environ.get("KDUMPD_DEB")
+    if prebuilt:
+        # tools/run-tests.sh builds it once for all pytest-xdist workers.
+        return prebuilt
     say = _progress(pytestconfig)
     say("building the kdumpd .deb")
     repo = VM_DIR.parent.parent

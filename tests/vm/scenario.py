@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from harness import Guest
+import json
+import re
+
+from harness import KERNEL_BANNER, Guest
+
+from kdumpd import proc
 
 PANIC_LINE = "sysrq triggered crash"
 
@@ -42,3 +47,68 @@ def check_local_dump(guest: Guest, crash_dir: str) -> str:
     assert PANIC_LINE in guest.ssh("cat /tmp/extracted-dmesg.txt").stdout
     assert PANIC_LINE in guest.ssh(f"cat {dump}/vmcore-dmesg.txt").stdout
     return dump
+
+
+# --- helpers for scenarios beyond the default target ------------------------------
+
+CONF = "/etc/kdump.conf"
+# A printk time stamp at the start of a serial line.
+_PRINTK_TIME = re.compile(r"^\[\s*(\d+\.\d+)\]", re.MULTILINE)
+
+
+def kdumpctl(guest: Guest, command: str, *, timeout: float = 1200) -> proc.Completed:
+    """Run ``kdumpctl <command>`` in the guest; the caller judges the exit status."""
+    return guest.ssh(f"kdumpctl {command}", check=False, timeout=timeout)
+
+
+def make_ext4_disk(guest: Guest, device: str, mountpoint: str) -> str:
+    """mkfs.ext4 ``device``, mount it at ``mountpoint`` by UUID from fstab; return the UUID.
+
+    What an admin does for a dedicated dump disk: the fstab line keeps it mounted
+    across the capture's reboot, so the dump can be read where it was written.
+    """
+    guest.ssh(f"mkfs.ext4 -q -F -L kdumpdisk {device}", timeout=300)
+    uuid = guest.ssh(f"blkid -o value -s UUID {device}").stdout.strip()
+    assert uuid, f"blkid found no UUID on {device}"
+    guest.ssh(
+        f"mkdir -p {mountpoint} && "
+        f"echo 'UUID={uuid} {mountpoint} ext4 defaults 0 2' >> /etc/fstab && "
+        f"systemctl daemon-reload && mount {mountpoint}"
+    )
+    assert guest.ssh(f"findmnt -n -o FSTYPE {mountpoint}").stdout.strip() == "ext4"
+    return uuid
+
+
+def capture_timings(serial: str, since: int) -> dict[str, float]:
+    """Seconds the capture kernel ran, from its banner to its last line (from the serial log).
+
+    ``since`` is a serial position taken before the crash. Keys: ``capture_kernel``
+    (printk time of the capture kernel's last line: its boot, the dump and the
+    reboot) and ``agent_start`` (the kernel's time when the capture agent started), as
+    far as the log shows them.
+    """
+    text = serial[since:]
+    banners = [m.start() for m in KERNEL_BANNER.finditer(text)]
+    if not banners:
+        return {}
+    end = banners[1] if len(banners) > 1 else len(text)
+    capture = text[banners[0] : end]
+    times = [float(t) for t in _PRINTK_TIME.findall(capture)]
+    out: dict[str, float] = {}
+    if times:
+        out["capture_kernel"] = max(times)
+    agent = capture.find("capturing the crash dump")
+    if agent >= 0:
+        # The agent writes to the console without printk time stamps: take the
+        # kernel's last stamp before its first line.
+        before = [float(t) for t in _PRINTK_TIME.findall(capture[:agent])]
+        if before:
+            out["agent_start"] = max(before)
+    return out
+
+
+def record_timings(guest: Guest, timings: dict[str, float]) -> None:
+    """Keep a scenario's timings in its artefact dir (timings.json) and print them."""
+    text = json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2, sort_keys=True)
+    (guest.artifacts / "timings.json").write_text(text + "\n")
+    print(f"timings: {text}")

@@ -67,7 +67,7 @@ USAGE = "Usage: kdumpctl {" + "|".join(USAGE_COMMANDS) + "}"
 #: Commands that are use cases of kdumpd.manager: the function has the command's name.
 MANAGER_COMMANDS = ("start", "stop", "restart", "reload", "rebuild")
 #: kdump-utils commands kdumpd does not offer yet.
-PENDING_COMMANDS = ("propagate", "test", "reset-crashkernel", "setup-crypttab")
+PENDING_COMMANDS = ("test", "reset-crashkernel", "setup-crypttab")
 
 
 class UsageError(KdumpError):
@@ -437,6 +437,21 @@ def cmd_manager(ctx: Context, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_propagate(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl propagate: create the ssh key if missing, install it on the server (§3.9).
+
+    ssh-copy-id runs on the terminal: it may ask for the server's password and
+    for accepting its host key (which the capture kernel then checks strictly).
+    """
+    from kdumpd.targets import ssh
+
+    config = load_kdump_conf(ctx.paths).config
+    key = ssh.propagate(config, ctx.paths, ctx.messages)
+    if ctx.json:
+        ctx.emit({"command": args.command, "ok": True, "key": _display_name(ctx.paths, key)})
+    return ExitCode.OK
+
+
 def cmd_pending(ctx: Context, args: argparse.Namespace) -> int:
     """kdump-utils commands kdumpd does not offer yet: say so, never pretend."""
     raise UnsupportedCommand(f"kdumpctl {args.command}: not implemented yet")
@@ -451,6 +466,7 @@ COMMANDS: dict[str, Command] = {
     "estimate": cmd_estimate,
     "check-config": cmd_check_config,
     **dict.fromkeys(MANAGER_COMMANDS, cmd_manager),
+    "propagate": cmd_propagate,
     **dict.fromkeys(PENDING_COMMANDS, cmd_pending),
 }
 

@@ -11,7 +11,11 @@ What the image holds (memory is a feature: all of it lives in the crash
 reservation): dracut's systemd initrd base, the drivers of the target device
 (``--add-device``, strict host-only) and filesystem (``--add-drivers``),
 python3 with exactly the stdlib files the agent imports (computed by running
-the target python), makedumpfile, vmcore-dmesg, hooks and extra_bins. The
+the target python), makedumpfile, vmcore-dmesg, hooks and extra_bins. When
+the target is the root filesystem (the default), python3 and its stdlib stay
+out: the units start ``kdumpd-agent.sh``, which mounts the target and runs the
+root's python from it (:func:`agent_root_mount`; measured with
+tests/vm/bench_capture.py). The
 agent mounts the target itself from the plan: no fstab entry, no
 ``--mount``, because a mount unit failing would send the boot to emergency
 mode before the agent could choose failure_action (dump_to_rootfs needs the
@@ -32,6 +36,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,12 +50,14 @@ from kdumpd import proc
 from kdumpd.config.kdumpconf import KdumpConfig
 from kdumpd.errors import ConfigError, KdumpError, Problem
 from kdumpd.paths import Paths
-from kdumpd.plan import CONFIG_FILE, PLAN_PATH_IN_IMAGE, CapturePlan
+from kdumpd.plan import CONFIG_FILE, PLAN_PATH_IN_IMAGE, CapturePlan, MountSpec
 
 #: Where the agent package lives inside the image (the unit's working directory).
 AGENT_DIR_IN_IMAGE = "/usr/lib/kdumpd"
 #: The interpreter of the capture side (Debian's; the agent is stdlib-only).
 TARGET_PYTHON = "/usr/bin/python3"
+#: The script both capture units start (kdumpd-agent.sh.j2): it runs the agent.
+AGENT_STARTER = "kdumpd-agent.sh"
 #: Files of our package the agent needs, relative to the package directory.
 AGENT_MODULES: tuple[str, ...] = ("__init__.py", "proc.py", "errors.py", "plan.py")
 AGENT_SUBPACKAGES: tuple[str, ...] = ("capture",)
@@ -68,6 +75,10 @@ BASE_DRACUT_MODULES: tuple[str, ...] = (
 )
 #: ~38 MB of GPU firmware nobody needs to write a dump (kdump-utils omits them too).
 OMIT_DRIVERS: tuple[str, ...] = ("nouveau", "amdgpu")
+#: Debian's dracut-network ships /etc/dracut.conf.d/11-ifcfg.conf (add_dracutmodules+=ifcfg),
+#: which drags network, dbus and NetworkManager/networkd into every image, local
+#: targets too (about 1 MB more compressed, and networkd started in every capture).
+OMIT_DRACUT_MODULES: tuple[str, ...] = ("ifcfg",)
 #: dracut flags that choose the compression; when the user gives one we add none.
 COMPRESSION_FLAGS = frozenset(
     {
@@ -175,6 +186,24 @@ class ModuleContext:
     plan_path: str = PLAN_PATH_IN_IMAGE
     agent_programs: tuple[str, ...] = AGENT_PROGRAMS
     self_check_modules: tuple[str, ...] = ("kdumpd.capture",)
+    #: Programs the target needs (ssh: ssh and ip).
+    target_programs: tuple[str, ...] = ()
+    #: Files staged in the build dir for the image, flattened triples: build name, image path, mode.
+    image_files: tuple[str, ...] = ()
+    #: Units started with initrd.target (dracut's networkd module only enables it for
+    #: multi-user.target, which an initrd never reaches).
+    start_units: tuple[str, ...] = ()
+    #: "image": python3 and the stdlib the agent needs are in the image. "root": the
+    #: target filesystem is the root filesystem, so the agent's starter mounts it first
+    #: and runs python from there (see :func:`agent_root_mount`).
+    agent_from: str = "image"
+    root_device: str = ""
+    root_mountpoint: str = ""
+    root_fstype: str = ""
+    root_options: str = ""
+    #: The interpreter's real file (python3 is a relative symlink) for agent_from="root".
+    python_real: str = TARGET_PYTHON
+    device_wait_seconds: int = 300
 
     @property
     def fallback_action(self) -> str:
@@ -182,7 +211,7 @@ class ModuleContext:
         return self.failure_action if self.failure_action in ("halt", "poweroff") else "reboot"
 
     def values(self) -> dict[str, Any]:
-        for name in ("agent_dir", "python"):
+        for name in ("agent_dir", "python", "python_real"):
             if not _UNIT_SAFE.match(getattr(self, name)):
                 raise ValueError(f"{name} {getattr(self, name)!r} cannot go into a unit file")
         data: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -538,6 +567,10 @@ def compute_manifest(
         inputs[f"{label} {program}"] = _sha256_file(_resolve_program(paths, program))
     for hook in _user_programs(plan, config):
         inputs[f"program {hook}"] = _sha256_file(paths.under_root(hook))
+    if plan.target.ssh is not None:
+        inputs[f"ssh key {plan.target.ssh.identity}"] = _sha256_file(
+            paths.under_root(plan.target.ssh.identity)
+        )
     found, missing = module_files(paths, plan.kernel_release, config.extra_modules)
     for name, files in found.items():
         for ko in files:
@@ -673,6 +706,10 @@ def dracut_argv(
             drivers.append(mount.fstype)
         if mount.device not in devices:
             devices.append(mount.device)
+    if plan.target.raw_device and plan.target.raw_device not in devices:
+        devices.append(plan.target.raw_device)
+    if plan.network is not None and plan.network.driver:
+        drivers.append(plan.network.driver)
     for name in config.extra_modules:
         if name not in drivers:
             drivers.append(name)
@@ -688,6 +725,8 @@ def dracut_argv(
         " ".join(modules),
         "--omit-drivers",
         " ".join(OMIT_DRIVERS),
+        "--omit",
+        " ".join(OMIT_DRACUT_MODULES),
         "--nofscks",
         "--no-early-microcode",
         "--tmpdir",
@@ -695,8 +734,20 @@ def dracut_argv(
     ]
     if drivers:
         argv += ["--add-drivers", " ".join(drivers)]
+        if plan.network is None and plan.failure_action != "shell":
+            # A non-empty --drivers turns off 90kernel-modules' generic set, which even in
+            # strict host-only mode brings every crypto module, hid, usb, ata and serial
+            # driver (~6 MB unpacked, measured by tests/vm/bench_capture.py). The block
+            # drivers of the --add-device devices then come from 99kdumpd's installkernel.
+            # failure_action shell keeps the set: a console needs its keyboard. So do
+            # network targets for now: the NIC's bus driver (virtio_pci) is not a
+            # dependency of its driver, and only that set brings it.
+            argv += ["--drivers", " ".join(drivers)]
     for device in devices:
         argv += ["--add-device", device]
+    if plan.network is not None:
+        # Only the NIC that reaches the dump server gets its driver in (strict host-only).
+        argv += ["--hostonly-nics", plan.network.interface]
     if zstd and not _has_compression_flag(user):
         argv.append("--zstd")
     argv += user
@@ -743,9 +794,97 @@ def stage(
         user_programs=_user_programs(plan, config),
         failure_action=plan.failure_action,
         self_check_modules=("kdumpd.capture", *_module_names(python_files, sources)),
+        target_programs=TARGET_PROGRAMS.get(plan.target.kind, ()),
+        image_files=stage_target_files(paths, plan, build_dir),
+        start_units=NETWORK_UNITS if plan.network is not None else (),
+        **_agent_from_fields(paths, plan),
     )
     render_module(context, template_dir=template_dir, out_dir=build_dir)
+    (build_dir / AGENT_STARTER).chmod(0o755)
     return context
+
+
+def agent_root_mount(
+    paths: Paths, plan: CapturePlan, *, stat_file: Callable[[Path], os.stat_result] = os.stat
+) -> MountSpec | None:
+    """The target's mount when it is the host's root filesystem, else None.
+
+    Memory is a feature: python3 and its stdlib are about 9 MB of the image
+    unpacked (a third of it compressed), all held in the crash reservation.
+    When the dump goes to the root filesystem the capture mounts it anyway, so
+    the image carries no python: a starter script mounts the target first and
+    runs the root's python from it (pages come from disk, and are reclaimable).
+    Other targets (other disks, raw, ssh) keep python in the image so that a
+    broken root disk costs no dump. A device that cannot be compared (btrfs
+    subvolumes, a root under a fake tree) also keeps python in the image.
+    """
+    mount = plan.target.mount
+    if plan.target.kind != "fs" or mount is None or not mount.device.startswith("/dev/"):
+        return None
+    try:
+        device = stat_file(paths.under_root(mount.device))
+        root = stat_file(paths.under_root("/"))
+    except OSError:
+        return None
+    if not stat.S_ISBLK(device.st_mode) or device.st_rdev != root.st_dev:
+        return None
+    return mount
+
+
+def _agent_from_fields(paths: Paths, plan: CapturePlan) -> dict[str, Any]:
+    """ModuleContext fields that say where the agent's interpreter comes from."""
+    mount = agent_root_mount(paths, plan)
+    if mount is None:
+        return {"agent_from": "image"}
+    real = os.path.realpath(paths.under_root(TARGET_PYTHON))
+    root = str(paths.root).rstrip("/")
+    python_real = real[len(root) :] if root and real.startswith(root + "/") else real
+    return {
+        "agent_from": "root",
+        "root_device": mount.device,
+        "root_mountpoint": mount.mountpoint,
+        "root_fstype": mount.fstype,
+        "root_options": mount.options,
+        "python_real": python_real,
+    }
+
+
+#: Where the generated network file goes in the image; it sorts before the host's own.
+NETWORK_FILE_IN_IMAGE = "/etc/systemd/network/10-kdumpd.network"
+#: What brings the network up in the capture initramfs.
+NETWORK_UNITS: tuple[str, ...] = ("systemd-networkd.service",)
+#: Programs a stream target runs in the capture kernel.
+TARGET_PROGRAMS: dict[str, tuple[str, ...]] = {"ssh": ("ssh", "ip")}
+
+
+def stage_target_files(paths: Paths, plan: CapturePlan, build_dir: Path) -> tuple[str, ...]:
+    """Write the ssh key, known_hosts and network file for the image; return the triples.
+
+    The key is copied as it is on the host and stays 0600; known_hosts and
+    the network file come from the plan, so the manifest covers them, and are
+    0644 (systemd-networkd reads its files as the systemd-network user).
+    """
+    from kdumpd.targets.network import network_unit
+
+    files: list[str] = []
+    ssh = plan.target.ssh
+    if ssh is not None:
+        key = build_dir / "ssh_identity"
+        try:
+            key.write_bytes(paths.under_root(ssh.identity).read_bytes())
+        except OSError as exc:
+            raise BuildError(
+                f"cannot read the ssh key {ssh.identity}: {exc.strerror}; " "run kdumpctl propagate"
+            ) from exc
+        key.chmod(0o600)
+        known = build_dir / "ssh_known_hosts"
+        known.write_text(ssh.known_hosts_text, encoding="utf-8")
+        files += [key.name, ssh.identity, "0600", known.name, ssh.known_hosts, "0644"]
+    if plan.network is not None:
+        unit = build_dir / "kdumpd.network"
+        unit.write_text(network_unit(plan.network), encoding="utf-8")
+        files += [unit.name, NETWORK_FILE_IN_IMAGE, "0644"]
+    return tuple(files)
 
 
 def _module_names(python_files: PythonFiles, sources: Mapping[str, Path]) -> tuple[str, ...]:

@@ -21,9 +21,11 @@ import contextlib
 import fcntl
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +211,8 @@ def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
     for warning in compiled.warnings:
         messages.warn(str(warning))
     plan = compiled.plan
+    if plan.target.ssh is not None and image != "keep":
+        ssh_preflight(paths, messages, plan)
     initrd = initramfs.image_path(paths, kver)
     manifest = initramfs.compute_manifest(paths, parsed.config, plan, kernel_image=kernel)
 
@@ -250,6 +254,61 @@ def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
         kexec_args=_kexec_args_text(sysconfig.kexec_args),
         secure_boot=host.secure_boot_enforced(paths),
         plan=plan,
+    )
+
+
+def ssh_preflight(paths: Paths, messages: Messages, plan: CapturePlan) -> None:
+    """Prove the capture kernel's ssh will work before arming (§3.3 step 6).
+
+    Runs with the key and exactly the known_hosts lines the image will carry,
+    waiting (bounded) for the network; raises SshTargetError naming whether
+    the network, the host key, the authentication or the permission failed.
+    Then warns when the server has less room than this machine has memory.
+    """
+    from kdumpd.targets import raw, ssh
+
+    spec = plan.target.ssh
+    if spec is None:
+        return
+    dest = ssh.SshDestination(user=spec.user, host=spec.host, port=spec.port)
+    identity = str(paths.under_root(spec.identity))
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=paths.run_dir, prefix="known_hosts.", encoding="utf-8"
+    ) as known:
+        known.write(spec.known_hosts_text)
+        known.flush()
+        path = plan.target.path
+        ssh.preflight(dest, identity=identity, known_hosts=known.name, path=path, messages=messages)
+        memory = raw.mem_total_kib(paths)
+        if memory is not None:
+            ssh.check_remote_size(
+                dest,
+                identity=identity,
+                known_hosts=known.name,
+                path=path,
+                mem_total_kib=memory,
+                messages=messages,
+            )
+
+
+def import_pending_raw_dump(paths: Paths, messages: Messages) -> None:
+    """Bring a dump home from a raw target before anything may overwrite it (§5.6).
+
+    Raises (and so fails the start) when a pending dump cannot be saved: the
+    device holds its only copy, and arming would let the next crash destroy it.
+    """
+    config = load_kdump_conf(paths).config
+    if config.target is None or config.target.kind != "raw":
+        return
+    from kdumpd.targets import raw
+
+    raw.import_raw_dump(
+        paths,
+        config.target.value,
+        messages=messages,
+        now=datetime.now(),
+        crash_dir=paths.under_root(config.path),
     )
 
 
@@ -349,6 +408,7 @@ def start(paths: Paths, messages: Messages) -> None:
 def _start(paths: Paths, messages: Messages) -> None:
     try:
         check_feasible(paths)
+        import_pending_raw_dump(paths, messages)
         # The config is validated even when a kernel is loaded (kdumpctl does the
         # same): a broken file is reported at every start, but nothing is unloaded.
         if host.crash_loaded(paths):
@@ -398,6 +458,7 @@ def reload(paths: Paths, messages: Messages) -> None:
 def _replace(paths: Paths, messages: Messages, *, image: str) -> None:
     try:
         check_feasible(paths)
+        import_pending_raw_dump(paths, messages)
         arming = prepare(paths, messages, image=image)
     except KdumpError as exc:
         failed = _fail(messages, exc, STARTING_FAILED)

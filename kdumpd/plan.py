@@ -18,9 +18,16 @@ JSON layout (version 1)::
         "path": "/var/crash",          # fs: directory below mount.mountpoint; ssh: remote dir
         "raw_device": "/dev/disk/by-id/..." | null,                  # raw only
         "ssh": {"user": "root", "host": "10.0.2.2", "port": 22,
-                "identity": "/etc/kdumpd/ssh/id", "known_hosts": "/etc/kdumpd/ssh/known_hosts"}
+                "identity": "/root/.ssh/kdump_id_rsa",   # same path in both kernels
+                "known_hosts": "/etc/kdumpd/ssh/known_hosts",   # path in the image
+                "known_hosts_text": "10.0.2.2 ssh-ed25519 AAAA...\n",
+                "address": "10.0.2.2"}   # what ssh connects to (host resolved)
                | null                                                # ssh only
       },
+      "network": {"interface": "ens3", "mac": "52:54:00:12:34:56", "driver": "virtio_net",
+                  "dhcp": "ipv4" | "ipv6" | "no", "addresses": ["10.0.0.5/24"],
+                  "gateway": "10.0.0.1" | null, "server": "10.0.2.2",
+                  "wait_seconds": 180} | null,                       # ssh only
       "core_collector": ["makedumpfile", "-l", "--message-level", "7", "-d", "31"],
       "kdump_pre": "/path" | null,
       "pre_d": ["/etc/kdump/pre.d/10-x", ...],
@@ -36,6 +43,10 @@ JSON layout (version 1)::
 
 ``core_collector`` is the user's collector as configured; the agent adds the
 output arguments (``<dir>/vmcore-incomplete`` for fs, stdout for raw and ssh).
+
+The ssh known_hosts lines and the network settings travel in the plan although
+the agent reads them only as files of the image: so the manifest (a hash of
+the plan) notices a changed server key or address and rebuilds the image.
 
 Compilation (:func:`compile_plan`, first kernel only) reads configuration and
 host facts through :mod:`kdumpd.targets`; those imports happen inside the
@@ -79,6 +90,24 @@ class SshSpec:
     identity: str
     known_hosts: str
     port: int = 22
+    #: The address ssh connects to: ``host`` itself, or what the first kernel resolved it to.
+    address: str = ""
+    #: The server's known_hosts lines, written to ``known_hosts`` in the image.
+    known_hosts_text: str = ""
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The NIC the capture kernel reaches the dump server through, configured as now."""
+
+    interface: str
+    mac: str
+    driver: str  # kernel module of the NIC; "" when built in
+    dhcp: str  # systemd.network DHCP=: "ipv4", "ipv6" or "no" (static addresses)
+    server: str  # the address whose route the agent waits for
+    addresses: tuple[str, ...] = ()  # static only: "10.0.0.5/24"
+    gateway: str | None = None
+    wait_seconds: int = 180
 
 
 @dataclass(frozen=True)
@@ -105,6 +134,7 @@ class CapturePlan:
     kdump_emergency: str | None = None
     rootfs: MountSpec | None = None
     rootfs_path: str = "/var/crash"
+    network: NetworkSpec | None = None
     version: int = field(default=PLAN_VERSION)
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,7 +170,14 @@ class CapturePlan:
             kdump_emergency=data.get("kdump_emergency"),
             rootfs=MountSpec(**data["rootfs"]) if data.get("rootfs") else None,
             rootfs_path=data.get("rootfs_path", "/var/crash"),
+            network=_network_from_dict(data.get("network")),
         )
+
+
+def _network_from_dict(data: dict[str, Any] | None) -> NetworkSpec | None:
+    if not data:
+        return None
+    return NetworkSpec(**{**data, "addresses": tuple(data.get("addresses", ()))})
 
 
 # -- compilation (first kernel) ------------------------------------------------
@@ -212,25 +249,40 @@ def compile_full(
     lines = config.lines
     warnings: list[Problem] = []
     target = config.target
-    if target is None:
-        resolved = fs.default_target(paths, config.path, where=(CONFIG_FILE, lines.get("path", 0)))
-    elif target.kind in fs.FS_KINDS:
-        resolved = fs.explicit_target(
-            paths,
-            target.kind,
-            target.value,
-            config.path,
-            where=(CONFIG_FILE, lines.get("target", lines.get(target.kind, 0))),
-        )
+    where = lines.get("target", lines.get(target.kind, 0)) if target else lines.get("path", 0)
+    network: NetworkSpec | None = None
+    stack: list[str] = []
+    devices: list[str] = []
+    if target is None or target.kind in fs.FS_KINDS:
+        if target is None:
+            resolved = fs.default_target(paths, config.path, where=(CONFIG_FILE, where))
+        else:
+            resolved = fs.explicit_target(
+                paths, target.kind, target.value, config.path, where=(CONFIG_FILE, where)
+            )
+        spec = TargetSpec(kind="fs", path=resolved.path, mount=resolved.mount)
+        devices.append(resolved.host_device)
+    elif target.kind == "raw":
+        from kdumpd.targets import raw
+
+        device = raw.compile_raw_device(paths, target.value, where=(CONFIG_FILE, where))
+        spec = TargetSpec(kind="raw", path=fs.normalize_path(config.path), raw_device=device)
+        devices.append(device)
+    elif target.kind == "ssh":
+        from kdumpd.targets import ssh
+
+        ssh_spec, network = ssh.compile_ssh_target(config, paths, where=(CONFIG_FILE, where))
+        spec = TargetSpec(kind="ssh", path=fs.normalize_path(config.path), ssh=ssh_spec)
+        stack.append(ssh.NETWORK_DRACUT_MODULE)
     else:
-        where = lines.get("target", lines.get(target.kind, 0))
         raise ConfigError(
             [
                 Problem(
                     CONFIG_FILE,
                     where,
                     f"{target.kind} dump targets are not supported by kdumpd yet; "
-                    "use a local filesystem target (or no target directive and a 'path').",
+                    "use a local filesystem, raw or ssh target (or no target directive "
+                    "and a 'path').",
                 )
             ]
         )
@@ -240,14 +292,12 @@ def compile_full(
         hooks[directory] = found
         warnings.extend(skipped)
 
-    devices = [resolved.host_device]
     rootfs: MountSpec | None = None
     if config.failure_action == "dump_to_rootfs":
         root = fs.root_target(paths)
         rootfs = root.mount
         if root.host_device not in devices:
             devices.append(root.host_device)
-    stack: list[str] = []
     for device in devices:
         for module in fs.device_stack_modules(paths, device):
             if module not in stack:
@@ -255,7 +305,7 @@ def compile_full(
 
     plan = CapturePlan(
         kernel_release=kernel_release,
-        target=TargetSpec(kind="fs", path=resolved.path, mount=resolved.mount),
+        target=spec,
         core_collector=tuple(config.effective_core_collector.split()),
         failure_action=config.failure_action,
         final_action=config.final_action,
@@ -267,6 +317,7 @@ def compile_full(
         kdump_emergency=config.kdump_emergency,
         rootfs=rootfs,
         rootfs_path=fs.normalize_path(config.path),
+        network=network,
     )
     return CompiledPlan(
         plan=plan, warnings=tuple(warnings), devices=tuple(devices), dracut_modules=tuple(stack)

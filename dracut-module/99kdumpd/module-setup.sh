@@ -34,6 +34,11 @@ depends() {
     kdumpd_depends
 }
 
+installkernel() {
+    _kdumpd_load || return 1
+    kdumpd_installkernel
+}
+
 install() {
     if ! _kdumpd_load || ! kdumpd_install; then
         dfatal "kdumpd: installing the capture environment failed; the image is not usable"

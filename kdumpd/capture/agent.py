@@ -3,10 +3,13 @@
 1. kdump_pre (non-zero: skip the dump, final_action), then pre.d;
 2. the dump through the target: vmcore-dmesg.txt first, then the collector's
    output as vmcore-incomplete, renamed to vmcore when complete; the sparse
-   copy fallback when the collector fails;
+   copy fallback when the collector fails. Stream targets (raw, ssh;
+   :mod:`kdumpd.capture.stream`) take the programs' output instead: ssh keeps
+   vmcore-dmesg.txt and vmcore.flat on the server, raw only the stream;
 3. post.d then kdump_post, each with the dump's exit status as $1;
 4. on failure emergency.d + kdump_emergency, then failure_action
-   (dump_to_rootfs saves to plan.rootfs and then runs final_action);
+   (dump_to_rootfs saves to plan.rootfs, with the planned target's failure
+   in that dump's metadata, and then runs final_action);
 5. kexec-dmesg.log and kdumpd-metadata.json are written just before the
    action, so they describe everything that happened;
 6. final_action after success.
@@ -36,6 +39,9 @@ from kdumpd.capture.collector import (
 )
 from kdumpd.capture.hooks import HookRun, run_hook, run_hooks
 from kdumpd.capture.log import CaptureLog
+from kdumpd.capture.raw import RawDump
+from kdumpd.capture.ssh import SshDump
+from kdumpd.capture.stream import StreamSink
 from kdumpd.errors import KdumpError
 from kdumpd.paths import Paths
 from kdumpd.plan import CapturePlan, TargetSpec
@@ -45,7 +51,8 @@ METADATA_FORMAT = "kdumpd-capture-metadata"
 METADATA_VERSION = 1
 _ENOSPC_TEXT = "No space left on device"
 
-SinkFactory = Callable[[TargetSpec], fs.DumpSink]
+Sink = fs.DumpSink | StreamSink
+SinkFactory = Callable[[TargetSpec], Sink]
 
 
 def _kernel_log() -> str:
@@ -71,11 +78,15 @@ class CaptureContext:
     progress_every: float = 5.0
     make_sink: SinkFactory | None = None
 
-    def sink_for(self, target: TargetSpec) -> fs.DumpSink:
+    def sink_for(self, target: TargetSpec) -> Sink:
         if self.make_sink is not None:
             return self.make_sink(target)
         if target.kind == "fs":
             return fs.FsDump(self.paths, target, self.log)
+        if target.kind == "raw":
+            return RawDump(self.paths, target, self.log)
+        if target.kind == "ssh":
+            return SshDump(target, self.plan.network, self.log)
         raise KdumpError(
             f"dump target kind {target.kind!r} is not supported by this capture agent yet; "
             "use a filesystem target"
@@ -138,7 +149,7 @@ def _run(ctx: CaptureContext) -> int:
     hooks += run_hooks(ctx.paths, plan.pre_d, [], log)
 
     sink = ctx.sink_for(plan.target)
-    ok = _dump(ctx, sink, record, started)
+    ok = _dump(ctx, sink, record, started, plan.target.kind)
     status = "0" if ok else "1"
     hooks += run_hooks(ctx.paths, plan.post_d, [status], log)
     if plan.kdump_post:
@@ -153,8 +164,17 @@ def _run(ctx: CaptureContext) -> int:
     hooks += _run_emergency_hooks(ctx)
     action = _failure_action(plan)
     _finish(ctx, sink, record, hooks, action)
-    _fail(ctx, action, started)
+    _fail(ctx, action, started, why=_failure_summary(plan, record))
     return 1
+
+
+def _failure_summary(plan: CapturePlan, record: DumpRecord) -> dict[str, Any]:
+    """Why the planned target failed, for the record dump_to_rootfs writes."""
+    return {
+        "kind": plan.target.kind,
+        "location": record.data.get("target", {}).get("location"),
+        "reason": record.data.get("failure_reason"),
+    }
 
 
 def run_error_handler(ctx: CaptureContext) -> int:
@@ -186,10 +206,12 @@ def _failure_action(plan: CapturePlan) -> str:
     return plan.failure_action if plan.failure_action in FAILURE_ACTIONS else "reboot"
 
 
-def _fail(ctx: CaptureContext, action: str, started: datetime) -> None:
+def _fail(
+    ctx: CaptureContext, action: str, started: datetime, *, why: dict[str, Any] | None = None
+) -> None:
     """Carry out failure_action; shell and dump_to_rootfs are followed by final_action."""
     if action == "dump_to_rootfs":
-        _dump_to_rootfs(ctx, started)
+        _dump_to_rootfs(ctx, started, why)
         _act(ctx, ctx.plan.final_action)
     elif action == "shell":
         _act(ctx, "shell")
@@ -234,16 +256,23 @@ def _hook_json(run: HookRun) -> dict[str, Any]:
     return {"path": run.path, "args": list(run.args), "returncode": run.returncode}
 
 
-def _dump(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord, started: datetime) -> bool:
-    """Prepare the target, save dmesg and the vmcore; record why on failure."""
-    record.data["target"] = {"kind": ctx.plan.target.kind}
+def _dump(
+    ctx: CaptureContext, sink: Sink, record: DumpRecord, started: datetime, kind: str
+) -> bool:
+    """Prepare the target (of ``kind``), save dmesg and the vmcore; record why on failure."""
+    record.data["target"] = {"kind": kind}
     try:
         with record.step("prepare") as step:
-            sink.prepare(started)
+            try:
+                sink.prepare(started)
+            finally:
+                record.data["target"]["location"] = sink.location
             step["ok"] = True
-        record.data["target"]["location"] = sink.location
-        _save_dmesg(ctx, sink, record)
-        _save_vmcore(ctx, sink, record)
+        if isinstance(sink, StreamSink):
+            _save_streams(ctx, sink, record)
+        else:
+            _save_dmesg(ctx, sink, record)
+            _save_vmcore(ctx, sink, record)
     except (fs.TargetError, CopyError, proc.ProgramError, KdumpError) as exc:
         reason = _reason(exc)
         ctx.log.info(f"saving vmcore failed: {reason}")
@@ -294,8 +323,9 @@ def _save_dmesg(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord) -> N
 def _save_vmcore(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord) -> None:
     plan = ctx.plan
     out = sink.output_path(fs.VMCORE_INCOMPLETE)
+    # A file target, also when dump_to_rootfs saves an ssh or raw plan's dump: no -F.
     argv = [
-        *collector_argv(plan.core_collector, target_kind=plan.target.kind, nproc=ctx.nproc),
+        *collector_argv(plan.core_collector, target_kind="fs", nproc=ctx.nproc),
         str(ctx.vmcore),
         str(out),
     ]
@@ -334,6 +364,52 @@ def _save_vmcore(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord) -> 
     }
 
 
+def _save_streams(ctx: CaptureContext, sink: StreamSink, record: DumpRecord) -> None:
+    """Stream targets: vmcore-dmesg's output (where files are kept), then the collector's.
+
+    There is no fallback copy: an unfiltered ELF core through a pipe would be the
+    whole of memory, and makedumpfile failing on the crashed kernel fails here.
+    """
+    vmcore = str(ctx.vmcore)
+    if sink.keeps_files:
+        with record.step("dmesg") as step:
+            try:
+                sink.save_stream(
+                    ["vmcore-dmesg", vmcore], fs.DMESG_INCOMPLETE, fs.DMESG, on_output=None
+                )
+            except (proc.ProgramError, fs.TargetError) as exc:
+                ctx.log.info(f"vmcore-dmesg failed: {exc}")
+                record.data["dmesg"] = {"file": fs.DMESG_INCOMPLETE, "tool": None}
+            else:
+                ctx.log.info(f"saved {fs.DMESG} with vmcore-dmesg")
+                step.update(ok=True, tool="vmcore-dmesg")
+                record.data["dmesg"] = {"file": fs.DMESG, "tool": "vmcore-dmesg"}
+    plan = ctx.plan
+    argv = [
+        *collector_argv(plan.core_collector, target_kind=plan.target.kind, nproc=ctx.nproc),
+        vmcore,
+    ]
+    collector: dict[str, Any] = {"argv": argv, "returncode": None, "error": None}
+    record.data["collector"] = collector
+    record.data["fallback"] = {"used": False, "reason": "no fallback for stream targets"}
+    ctx.log.info(f"saving vmcore: {' '.join(argv)} > {sink.location}")
+    with record.step("collector") as step:
+        try:
+            sink.save_stream(
+                argv, fs.VMCORE_INCOMPLETE, sink.vmcore_name, on_output=ctx.log.passthrough
+            )
+        except proc.ProgramError as exc:
+            ctx.log.keep(exc.stdout + exc.stderr, argv[0])
+            collector.update(returncode=exc.returncode, error=str(exc))
+            raise
+        except fs.TargetError as exc:
+            collector["error"] = str(exc)
+            raise
+        collector["returncode"] = 0
+        step["ok"] = True
+    record.data["vmcore"] = {"file": sink.vmcore_name or None, "location": sink.location}
+
+
 def _fallback_copy(
     ctx: CaptureContext, out: Path, record: DumpRecord, failure: proc.ProgramError
 ) -> None:
@@ -354,9 +430,25 @@ def _fallback_copy(
     record.data["vmcore"] = {"bytes_written": copied.bytes_written}
 
 
+def _has_record_files(sink: Sink) -> bool:
+    """Whether the target can take kexec-dmesg.log and the metadata now."""
+    if isinstance(sink, StreamSink):
+        return sink.keeps_files and _record_ready(sink)
+    try:
+        sink.output_path(fs.METADATA)
+    except fs.TargetError:
+        return False
+    return True
+
+
+def _record_ready(sink: StreamSink) -> bool:
+    """A stream target that keeps files has a directory once prepare() succeeded."""
+    return getattr(sink, "directory", None) is not None
+
+
 def _finish(
     ctx: CaptureContext,
-    sink: fs.DumpSink,
+    sink: Sink,
     record: DumpRecord,
     hooks: list[HookRun],
     action: str,
@@ -364,9 +456,7 @@ def _finish(
     """Write kexec-dmesg.log and the metadata, if the dump directory exists."""
     record.data["hooks"] = record.data.get("hooks", []) + [_hook_json(h) for h in hooks]
     record.data["action"] = action
-    try:
-        sink.output_path(fs.METADATA)
-    except fs.TargetError:
+    if not _has_record_files(sink):
         ctx.log.info("no dump directory: the log and metadata stay on the console")
         return
     log_text = ctx.log.text() + "\n--- dmesg ---\n" + ctx.kernel_log()
@@ -381,7 +471,9 @@ def _finish(
             ctx.log.info(f"{exc}")
 
 
-def _dump_to_rootfs(ctx: CaptureContext, started: datetime) -> None:
+def _dump_to_rootfs(
+    ctx: CaptureContext, started: datetime, why: dict[str, Any] | None = None
+) -> None:
     plan = ctx.plan
     if plan.rootfs is None:
         ctx.log.info("failure_action dump_to_rootfs, but the plan has no root filesystem")
@@ -391,7 +483,10 @@ def _dump_to_rootfs(ctx: CaptureContext, started: datetime) -> None:
     sink = ctx.sink_for(target)
     record = _new_record(ctx, started)
     record.data["dump_to_rootfs"] = True
-    ok = _dump(ctx, sink, record, started)
+    if why is not None:
+        # The metadata beside this dump says why it is not where the plan wanted it.
+        record.data["planned_target"] = why
+    ok = _dump(ctx, sink, record, started, target.kind)
     ctx.log.info("saving vmcore complete" if ok else "dump_to_rootfs failed too")
     _finish(ctx, sink, record, [], plan.final_action)
 

@@ -6,7 +6,7 @@ holding ``vmcore-dmesg.txt``, ``vmcore`` (``vmcore-incomplete`` until complete),
 target path is a directory of the (already mounted) root, which is also how
 tests point the agent at a temporary directory.
 
-raw and ssh targets will be sibling modules implementing :class:`DumpSink`.
+raw and ssh targets take a stream instead of a path: :mod:`kdumpd.capture.stream`.
 """
 
 from __future__ import annotations

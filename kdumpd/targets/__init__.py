@@ -2,9 +2,10 @@
 
 The first-kernel side of each target (discovery of the device, its filesystem
 and mount options, the persistent name the capture kernel will see) lives
-here; the capture side lives in :mod:`kdumpd.capture`. Only filesystem
-targets (the default path target and ``ext4 UUID=...`` style directives) are
-implemented so far: see :mod:`kdumpd.targets.fs`.
+here; the capture side lives in :mod:`kdumpd.capture`. Filesystem targets
+(the default path target and ``ext4 UUID=...`` style directives,
+:mod:`kdumpd.targets.fs`), raw devices (:mod:`kdumpd.targets.raw`) and ssh
+servers (:mod:`kdumpd.targets.ssh`, with :mod:`kdumpd.targets.network`).
 """
 
 from __future__ import annotations

@@ -34,11 +34,11 @@ from pathlib import Path
 from kdumpd import flattened, proc
 from kdumpd.capture.fs import DMESG, LOCAL_ADDRESS, VMCORE, VMCORE_INCOMPLETE, dump_dir_name
 from kdumpd.config.checks import resolve_under_root
-from kdumpd.errors import Problem
+from kdumpd.errors import ConfigError, Problem
 from kdumpd.messages import Messages
 from kdumpd.paths import Paths
 from kdumpd.targets import TargetError
-from kdumpd.targets.fs import read_mounts
+from kdumpd.targets.fs import persistent_name, read_mounts
 
 CONFIG_FILE = "/etc/kdump.conf"
 #: The block a raw dump starts with; zeroing it makes the stream unrecognisable.
@@ -266,6 +266,27 @@ def check_raw_device(
             )
         )
     return problems
+
+
+#: Persistent names for a raw device, in order of preference (kdump-utils uses by-id).
+RAW_PERSISTENT_DIRS: tuple[str, ...] = ("by-id", "by-path")
+
+
+def compile_raw_device(paths: Paths, device: str, *, where: tuple[str, int]) -> str:
+    """The ``raw <device>`` target as the plan names it: checked, by a persistent name.
+
+    Raises ConfigError at ``where`` with every reason the device cannot be
+    used (:func:`check_raw_device`). A name under /dev/disk/ is kept as
+    written; a kernel name (``/dev/vdb``) becomes its by-id (else by-path)
+    link, because kernel names may differ in the capture kernel.
+    """
+    source, line = where
+    problems = check_raw_device(paths, device, source=source, line=line)
+    if problems:
+        raise ConfigError(problems)
+    if device.startswith("/dev/disk/"):
+        return device
+    return persistent_name(paths, device, prefer=RAW_PERSISTENT_DIRS)
 
 
 def device_size(location: Path) -> int:

@@ -25,7 +25,6 @@ The server needs nothing but sshd and a POSIX shell with mkdir and rm
 
 from __future__ import annotations
 
-import enum
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -34,8 +33,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kdumpd import proc
+
+# Shared with the capture agent, which must not import this module: re-exported.
+from kdumpd.capture.ssh import CONNECT_TIMEOUT_SECONDS as CONNECT_TIMEOUT_SECONDS
+from kdumpd.capture.ssh import DEFAULT_PORT as DEFAULT_PORT
+from kdumpd.capture.ssh import SshFailure as SshFailure
+from kdumpd.capture.ssh import classify as classify
+from kdumpd.capture.ssh import ssh_base_argv as ssh_base_argv
 from kdumpd.errors import ConfigError, Problem
 from kdumpd.messages import Messages
+from kdumpd.plan import NetworkSpec, SshSpec
 from kdumpd.targets import TargetError
 
 if TYPE_CHECKING:
@@ -43,12 +50,14 @@ if TYPE_CHECKING:
     from kdumpd.paths import Paths
 
 CONFIG_FILE = "/etc/kdump.conf"
-DEFAULT_PORT = 22
 #: How long kdumpctl waits for a network target to become usable (§3.3 step 6).
 DEFAULT_WAIT_SECONDS = 180.0
 DEFAULT_POLL_SECONDS = 1.0
-#: ssh's own bound on connecting (TCP and key exchange), per attempt.
-CONNECT_TIMEOUT_SECONDS = 10
+#: Where the capture image keeps the server's known_hosts lines.
+IMAGE_KNOWN_HOSTS = "/etc/kdumpd/ssh/known_hosts"
+#: dracut module that brings the capture kernel's network up (package dracut-network).
+NETWORK_DRACUT_MODULE = "systemd-networkd"
+NETWORK_DRACUT_DIR = "01systemd-networkd"
 # kdump-utils generates RSA keys, and so do we: the default key file is named
 # kdump_id_rsa, and servers in FIPS mode (RHEL, a common dump server) refuse
 # ed25519. ssh-keygen's default RSA size (3072 bits) and rsa-sha2 signatures
@@ -57,16 +66,6 @@ DEFAULT_KEY_TYPE = "rsa"
 # Where ssh looks when ssh -G cannot tell (root's files: kdumpctl runs as root).
 FALLBACK_KNOWN_HOSTS: tuple[str, ...] = ("/root/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts")
 _PROBE_NAME = ".kdumpd-probe"
-_SSH_FAILED = 255  # ssh's own exit status; anything else comes from the remote command
-
-
-class SshFailure(enum.Enum):
-    """Why an ssh target cannot be used; each calls for a different fix."""
-
-    NETWORK = "network"  # no route, refused, timed out, name not resolved
-    HOST_KEY = "host-key"  # server host key unknown or changed
-    AUTHENTICATION = "authentication"  # key refused or missing
-    PERMISSION = "permission"  # logged in, but the remote command failed
 
 
 class SshTargetError(TargetError):
@@ -180,36 +179,6 @@ def resolve_destination(
 # -- commands ------------------------------------------------------------------
 
 
-def ssh_base_argv(
-    *,
-    user: str,
-    host: str,
-    port: int = DEFAULT_PORT,
-    identity: str,
-    known_hosts: str,
-    batch: bool = True,
-    connect_timeout: int = CONNECT_TIMEOUT_SECONDS,
-) -> list[str]:
-    """The ssh command line both kernels use, up to (not including) the remote command.
-
-    ``-F /dev/null`` and ``GlobalKnownHostsFile=/dev/null``: only what is
-    named here counts, as in the capture image. ``IdentitiesOnly``: an agent
-    or a default key must not make the check pass where the kdump key fails.
-    """
-    argv = ["ssh", "-F", "/dev/null", "-i", identity, "-o", "IdentitiesOnly=yes"]
-    if batch:
-        argv += ["-o", "BatchMode=yes"]
-    argv += [
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", f"ConnectTimeout={connect_timeout}",
-        "-p", str(port),
-        f"{user}@{host}",
-    ]  # fmt: skip
-    return argv
-
-
 def probe_command(path: str) -> str:
     """Remote shell command: create ``path`` and prove a file can be written in it.
 
@@ -218,31 +187,6 @@ def probe_command(path: str) -> str:
     where = shlex.quote(path)
     probe = f"{where}/{_PROBE_NAME}.$$"
     return f"set -C && mkdir -p -- {where} && : > {probe} && rm -f -- {probe}"
-
-
-def classify(returncode: int | None, stderr: str) -> SshFailure | None:
-    """The kind of failure of an ssh run (None: it worked), by kdumpctl's rules (§3.3).
-
-    ``returncode`` None means the run timed out.
-    """
-    if returncode == 0:
-        return None
-    if returncode is None:
-        return SshFailure.NETWORK
-    if returncode != _SSH_FAILED:
-        return SshFailure.PERMISSION
-    if (
-        "Host key verification failed" in stderr
-        or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr
-    ):
-        return SshFailure.HOST_KEY
-    if (
-        "Permission denied" in stderr
-        or "No such file or directory" in stderr
-        or "Too many authentication failures" in stderr
-    ):
-        return SshFailure.AUTHENTICATION
-    return SshFailure.NETWORK
 
 
 def _last_line(text: str) -> str:
@@ -478,3 +422,54 @@ def known_hosts_entry(paths: Paths, dest: SshDestination) -> str:
             SshFailure.HOST_KEY,
         )
     return "\n".join(found) + "\n"
+
+
+# -- the plan --------------------------------------------------------------------
+
+
+def compile_ssh_target(
+    config: KdumpConfig, paths: Paths, *, where: tuple[str, int]
+) -> tuple[SshSpec, NetworkSpec]:
+    """The ssh part of the plan and the network the capture kernel needs for it.
+
+    Checks, with errors at ``where``: the destination (``ssh -G``), the key
+    exists, the server's host key is known (strict checking in the capture
+    kernel), the route to the server can be mirrored, and dracut can bring the
+    network up. Reachability is :func:`preflight`'s business, not this one's.
+    """
+    from kdumpd.config.checks import effective_sshkey
+    from kdumpd.targets import network
+
+    target = config.target
+    assert target is not None and target.kind == "ssh"
+    source, line = where
+    dest = resolve_destination(target, source=source, line=line)
+    key = effective_sshkey(config, paths)
+    if not paths.under_root(key).is_file():
+        raise ConfigError(
+            [
+                Problem(
+                    source,
+                    config.lines.get("sshkey", line),
+                    f"the ssh key {key} does not exist; run 'kdumpctl propagate' to create "
+                    f"it and install it on {dest.host}",
+                )
+            ]
+        )
+    if not (paths.dracut_modules / NETWORK_DRACUT_DIR).is_dir():
+        raise SshTargetError(
+            "ssh dump targets need dracut's systemd-networkd module to bring the capture "
+            "kernel's network up; install it with 'apt install dracut-network'"
+        )
+    known = known_hosts_entry(paths, dest)
+    address = network.resolve_address(dest.host, where=where)
+    spec = SshSpec(
+        user=dest.user,
+        host=dest.host,
+        port=dest.port,
+        identity=key,
+        known_hosts=IMAGE_KNOWN_HOSTS,
+        address=address,
+        known_hosts_text=known,
+    )
+    return spec, network.network_for(paths, address)

@@ -9,12 +9,13 @@ import struct
 import subprocess
 import sys
 import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kdumpd import cli
+from kdumpd import cli, proc
 from kdumpd.paths import Paths
 from tests.conftest import write
 
@@ -387,13 +388,49 @@ def test_bad_option_of_a_command_is_a_usage_error(
     assert "unrecognized arguments: --frob" in err[0]
 
 
-@pytest.mark.parametrize("command", ["propagate", "test", "reset-crashkernel", "setup-crypttab"])
+@pytest.mark.parametrize("command", ["test", "reset-crashkernel", "setup-crypttab"])
 def test_pending_commands_say_so(
     capsys: pytest.CaptureFixture[str], fake_root: Paths, command: str
 ) -> None:
     code, out, err = run(capsys, fake_root, command)
     assert (code, out) == (1, "")
     assert err == [f"kdump: kdumpctl {command}: not implemented yet"]
+
+
+def test_propagate_needs_an_ssh_target(
+    capsys: pytest.CaptureFixture[str], fake_root: Paths
+) -> None:
+    write(fake_root.kdump_conf, "path /var/crash\n")
+    code, out, err = run(capsys, fake_root, "propagate")
+    assert (code, out) == (1, "")
+    assert err[0] == "kdump: No ssh destination defined in /etc/kdump.conf."
+
+
+def test_propagate_makes_the_key_and_copies_it(
+    capsys: pytest.CaptureFixture[str], fake_root: Paths, programs: Any
+) -> None:
+    write(fake_root.kdump_conf, "ssh root@192.0.2.7\ncore_collector makedumpfile -F -d 31\n")
+
+    def keygen(argv: Sequence[str]) -> proc.Completed:
+        key = Path(argv[argv.index("-f") + 1])
+        key.write_text("private\n")
+        key.with_suffix(".pub").write_text("ssh-rsa AAAA test\n")
+        return proc.Completed(tuple(argv), 0, "", "")
+
+    programs.expect_call("ssh-keygen", keygen)
+    programs.expect("ssh-copy-id")
+    code, _, err = run(capsys, fake_root, "propagate")
+    assert code == 0, err
+    assert err == [
+        "kdump: Generating new ssh keys... ",
+        "kdump: done.",
+        "kdump: /root/.ssh/kdump_id_rsa has been added to ~root/.ssh/authorized_keys "
+        "on 192.0.2.7",
+    ]
+    copy = programs.calls[-1]
+    assert copy[0] == "ssh-copy-id"
+    assert copy[-1] == "root@192.0.2.7"
+    assert fake_root.under_root("/root/.ssh/kdump_id_rsa").read_text() == "private\n"
 
 
 @pytest.fixture

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jinja2
@@ -105,10 +107,43 @@ def test_render_writes_every_template(tmp_path: Path) -> None:
     assert {"kdumpd-setup.sh", "kdumpd-capture.service", "kdumpd-emergency.service"} <= names
     service = (tmp_path / "kdumpd-capture.service").read_text()
     assert "ConditionPathExists=/proc/vmcore" in service
-    assert "ExecStart=/usr/bin/python3 -E -s -S -B -m kdumpd.capture" in service
+    assert "ExecStart=/usr/lib/kdumpd/kdumpd-agent.sh\n" in service
     assert "OnFailure=emergency.target" in service
     emergency = (tmp_path / "kdumpd-emergency.service").read_text()
+    assert "ExecStart=-/usr/lib/kdumpd/kdumpd-agent.sh --error-handler" in emergency
     assert "ExecStart=systemctl --force reboot" in emergency  # shell falls back to reboot
+    starter = (tmp_path / "kdumpd-agent.sh").read_text()
+    assert 'exec "$python" -E -s -S -B -m kdumpd.capture "$@"' in starter
+    assert "python=/usr/bin/python3\n" in starter and "mount " not in starter
+
+
+def root_plan() -> CapturePlan:
+    return make_plan()
+
+
+def test_agent_runs_from_the_root_only_when_the_target_is_the_root_device(
+    fake_root: Paths,
+) -> None:
+    device = fake_root.under_root("/dev/disk/by-uuid/abc")
+    write(device, "")
+    root_dev, other_dev = 0x0801, 0x0811
+
+    def fake_stat(dev_of_device: int) -> Callable[[Path], os.stat_result]:
+        def stat_file(path: Path) -> os.stat_result:
+            if path == device:  # a block device node on devtmpfs (st_dev 5)
+                fields = (stat.S_IFBLK | 0o660, 0, 5, 1, 0, 0, 0, 0, 0, 0)
+                return os.stat_result(fields, {"st_rdev": dev_of_device})
+            return os.stat_result((stat.S_IFDIR | 0o755, 0, root_dev, 1, 0, 0, 0, 0, 0, 0))
+
+        return stat_file
+
+    assert initramfs.agent_root_mount(fake_root, root_plan()) is None  # not a block device
+    mount = initramfs.agent_root_mount(fake_root, root_plan(), stat_file=fake_stat(root_dev))
+    assert mount is not None and mount.mountpoint == "/sysroot"
+    other = initramfs.agent_root_mount(fake_root, root_plan(), stat_file=fake_stat(other_dev))
+    assert other is None
+    ssh_like = make_plan(target=TargetSpec(kind="fs", path="/var/crash", mount=None))
+    assert initramfs.agent_root_mount(fake_root, ssh_like, stat_file=fake_stat(root_dev)) is None
 
 
 def test_unit_values_must_be_plain_paths(tmp_path: Path) -> None:
@@ -261,7 +296,10 @@ def test_dracut_argv_defaults() -> None:
         argv
     )
     assert option(argv, "--omit-drivers") == ["nouveau amdgpu"]
+    assert option(argv, "--omit") == ["ifcfg"]  # Debian's dracut-network adds it everywhere
     assert option(argv, "--add-drivers") == ["ext4"]
+    # --drivers: no generic crypto/hid/usb set; the disk's drivers come from installkernel
+    assert option(argv, "--drivers") == ["ext4"]
     assert option(argv, "--add-device") == ["/dev/disk/by-uuid/abc"]
     modules = option(argv, "--modules")[0].split()
     assert modules[-1] == "kdumpd" and "systemd-initrd" in modules
@@ -281,6 +319,12 @@ def test_dracut_argv_extra_modules_devices_and_user_args() -> None:
     assert argv[-5:-2] == ["--lz4", "--install", "/usr/bin/x y"]
     modules = option(argv, "--modules")[0].split()
     assert modules[-3:] == ["dm", "lvm", "kdumpd"]
+
+
+def test_dracut_argv_keeps_input_drivers_for_the_shell() -> None:
+    argv = argv_for(make_plan(failure_action="shell"), KdumpConfig())
+    assert option(argv, "--add-drivers") == ["ext4"]
+    assert "--drivers" not in argv
 
 
 def test_dracut_argv_without_zstd_and_bad_quotes() -> None:
@@ -541,3 +585,48 @@ def test_real_dracut_fails_when_the_agent_cannot_start(
     assert isinstance(cause, proc.ProgramError)
     assert "cannot be imported inside the image" in cause.stdout + cause.stderr
     assert not (tmp_path / "state" / f"initramfs-{KVER}kdump.img").exists()
+
+
+@pytest.mark.integration
+def test_root_mode_starter_keeps_hostile_values_as_data(tmp_path: Path) -> None:
+    """agent_from=root: the starter mounts what the plan says; the setup installs no python."""
+    bash = shutil.which("bash")
+    assert bash is not None
+    out = tmp_path / "out"
+    out.mkdir()
+    context = dataclasses.replace(
+        hostile_context(str(tmp_path / "build")),
+        agent_from="root",
+        root_device="/dev/x $(touch pwned)",
+        root_mountpoint="/sys root",
+        root_fstype="ext4;id",
+        root_options="rw,`id`",
+        python_real="/usr/bin/python3.11",
+    )
+    initramfs.render_module(context, template_dir=TEMPLATES, out_dir=out)
+    starter = out / "kdumpd-agent.sh"
+    subprocess.run([bash, "-n", str(starter), str(out / "kdumpd-setup.sh")], check=True)
+    # Run the starter with the device missing: it must give up naming the device.
+    text = starter.read_text().replace("wait_seconds=300", "wait_seconds=0")
+    starter.write_text(text)
+    done = subprocess.run([bash, str(starter)], capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert "/dev/x $(touch pwned) did not appear" in done.stderr
+    record = tmp_path / "record"
+    script = (
+        STUBS
+        + 'ldd() { record ldd "$@"; echo "	libz.so.1 => /lib/libz.so.1 (0x1)"; }\n'
+        + f'. "{out / "kdumpd-setup.sh"}"\nkdumpd_install\n'
+    )
+    env = {"PATH": os.environ["PATH"], "RECORD": str(record), "initdir": str(tmp_path)}
+    subprocess.run([bash, "-c", script], env=env, cwd=tmp_path, check=False)
+    calls = [
+        tuple(part.decode() for part in call.split(b"\0")[:-1])
+        for call in record.read_bytes().split(b"\1")
+        if call
+    ]
+    assert ("inst_library", "/lib/libz.so.1") in calls
+    assert ("ldd", "/usr/bin/python3.11", "/x/ext `id`.so") in calls
+    assert not any(c[0] == "inst_binary" and c[1] == "/usr/bin/python3" for c in calls)
+    assert not any(c[0] == "chroot" for c in calls)  # the check runs the root's python
+    assert not list(tmp_path.rglob("pwned"))

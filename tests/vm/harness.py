@@ -11,6 +11,9 @@ for, so this module (test code, not the package) starts it with ``subprocess.Pop
 
 The guest only ever gets QEMU user networking with ``restrict=on`` and one hostfwd from
 127.0.0.1 to its sshd: it can reach nothing outside, and nothing but loopback reaches it.
+A test may add guest forwards (:func:`loopback_forward`): one guest address and port
+whose connections QEMU hands to ``tcp_bridge.py``, which connects to one loopback port
+of the host (a test's own sshd). Nothing else becomes reachable from the guest.
 
 Run by hand: ``python tests/vm/harness.py build`` builds or reuses the image;
 ``python tests/vm/harness.py shell`` boots a guest and waits until Enter is pressed,
@@ -49,6 +52,7 @@ KVM_PROBE_SECONDS = 30.0
 KERNEL_BANNER = re.compile(r"^(?:\[[ 0-9.]+\] )?Linux version \S+", re.MULTILINE)
 QEMU = "qemu-system-x86_64"
 SERIAL_TAIL_LINES = 40
+TCP_BRIDGE = HERE / "tcp_bridge.py"
 
 
 class GuestError(AssertionError):
@@ -159,12 +163,30 @@ def accel_args(accel: str) -> list[str]:
     return ["-accel", "tcg", "-cpu", "max,la57=off"]
 
 
+def loopback_forward(guest_address: str, guest_port: int, host_port: int) -> str:
+    """A QEMU ``guestfwd`` rule: guest connections to address:port reach 127.0.0.1:host_port.
+
+    QEMU starts the bridge program once per connection (``cmd:``), so every ssh run of
+    the guest gets its own connection; when nothing listens on the host port the bridge
+    exits and the guest sees the connection closed. The rule adds no route: with
+    ``restrict=on`` the guest still reaches nothing else.
+    """
+    bridge = f"{sys.executable} {TCP_BRIDGE} 127.0.0.1 {host_port}"
+    if "," in bridge:
+        raise GuestError(f"a comma in {bridge!r} would break QEMU's option parsing")
+    return f"tcp:{guest_address}:{guest_port}-cmd:{bridge}"
+
+
 @dataclass
 class Disk:
-    """An extra disk given to the guest, in the order added (vdb, vdc, ...)."""
+    """An extra disk given to the guest, in the order added (vdb, vdc, ...).
+
+    ``serial`` gives the guest a /dev/disk/by-id/virtio-<serial> name for it.
+    """
 
     path: Path
     fmt: str = "qcow2"
+    serial: str = ""
 
 
 class Guest:
@@ -182,6 +204,7 @@ class Guest:
         append: Sequence[str] = (),
         restrict_network: bool = True,
         keep_overlay: bool = False,
+        guest_forwards: Sequence[str] = (),
     ) -> None:
         self.image = image
         self.artifacts = artifacts
@@ -192,6 +215,7 @@ class Guest:
         self.extra_append = list(append)
         self.restrict_network = restrict_network
         self.keep_overlay = keep_overlay
+        self.guest_forwards = list(guest_forwards)
         self.disks: list[Disk] = []
         self.overlay = artifacts / "root-overlay.qcow2"
         self.serial_log = artifacts / "serial.log"
@@ -204,19 +228,19 @@ class Guest:
 
     # --- set-up -----------------------------------------------------------------
 
-    def create_disk(self, name: str, size: str = "4G") -> Path:
+    def create_disk(self, name: str, size: str = "4G", *, serial: str = "") -> Path:
         """Make an empty qcow2 disk in the artefact dir and attach it; return its path."""
         path = self.artifacts / f"{name}.qcow2"
         self.artifacts.mkdir(parents=True, exist_ok=True)
         proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], timeout=60)
-        self.add_disk(path)
+        self.add_disk(path, serial=serial)
         return path
 
-    def add_disk(self, path: Path, fmt: str = "qcow2") -> str:
+    def add_disk(self, path: Path, fmt: str = "qcow2", *, serial: str = "") -> str:
         """Attach a disk image before start(); return the device name the guest sees."""
         if self._qemu is not None:
             raise GuestError("add_disk() must come before start()")
-        self.disks.append(Disk(path, fmt))
+        self.disks.append(Disk(path, fmt, serial))
         return f"/dev/vd{chr(ord('a') + len(self.disks))}"
 
     def kernel_cmdline(self) -> str:
@@ -231,6 +255,8 @@ class Guest:
         netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22"
         if self.restrict_network:
             netdev += ",restrict=on"
+        for rule in self.guest_forwards:
+            netdev += f",guestfwd={rule}"
         argv = [
             QEMU,
             "-name", "kdumpguest",
@@ -242,15 +268,25 @@ class Guest:
             "-kernel", str(self.image.kernel),
             "-initrd", str(self.image.initrd),
             "-append", self.kernel_cmdline(),
-            "-drive", f"file={self.overlay},if=virtio,format=qcow2",
             "-netdev", netdev,
             "-device", "virtio-net-pci,netdev=net0",
             "-device", "virtio-rng-pci",
             "-chardev", f"file,id=serial0,path={self.serial_log},append=on",
             "-serial", "chardev:serial0",
         ]  # fmt: skip
-        for disk in self.disks:
-            argv += ["-drive", f"file={disk.path},if=virtio,format={disk.fmt}"]
+        disks = [Disk(self.overlay), *self.disks]
+        if not any(disk.serial for disk in disks):
+            for disk in disks:
+                argv += ["-drive", f"file={disk.path},if=virtio,format={disk.fmt}"]
+            return argv
+        # QEMU creates -device disks before if=virtio ones: with any serial, every disk is
+        # an explicit device, in order, so the root disk stays vda.
+        for number, disk in enumerate(disks):
+            serial = f",serial={disk.serial}" if disk.serial else ""
+            argv += [
+                "-drive", f"file={disk.path},if=none,id=disk{number},format={disk.fmt}",
+                "-device", f"virtio-blk-pci,drive=disk{number}{serial}",
+            ]  # fmt: skip
         return argv
 
     # --- life cycle ---------------------------------------------------------------

@@ -22,6 +22,7 @@ printing the ssh command to reach it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shlex
@@ -120,6 +121,14 @@ def choose_accel(image: GuestImage, on_line: Callable[[str], None] | None = None
         return forced
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
+    # pytest-xdist workers all ask at start: one probes, the others wait and read its answer.
+    ACCEL_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(ACCEL_CACHE.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _choose_accel_locked(image, on_line)
+
+
+def _choose_accel_locked(image: GuestImage, on_line: Callable[[str], None] | None) -> str:
     key = _host_key()
     if ACCEL_CACHE.is_file():
         cached_key, _, cached = ACCEL_CACHE.read_text().strip().rpartition("\n")
@@ -570,6 +579,7 @@ def _main(argv: Sequence[str]) -> int:
     image = ensure_image(on_line=say)
     if command == "build":
         say(f"image: {image.directory} (kernel {image.kernel_release})")
+        say(f"accelerator: {choose_accel(image, on_line=say)}")
         return 0
     if command == "shell":
         accel = choose_accel(image, on_line=say)

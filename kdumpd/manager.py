@@ -167,17 +167,6 @@ def _shown(paths: Paths, location: Path) -> str:
         return str(location)
 
 
-def _kexec_args_text(value: object) -> str:
-    """KEXEC_ARGS as one string, whatever shape the variables parser gives it."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list | tuple):
-        return " ".join(str(v) for v in value)
-    return str(value)
-
-
 def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
     """Validate the configuration and compute everything a load needs; disarm nothing.
 
@@ -241,7 +230,9 @@ def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
                 extra_dracut_modules=compiled.dracut_modules,
                 # dracut takes minutes: show its lines as they come (progress), and
                 # the reason right where it fails.
-                on_line=lambda line: messages.info(f"dracut: {line}"),
+                on_line=lambda line: messages.info(
+                    line if line.startswith("dracut") else f"dracut: {line}"
+                ),
             )
             for warning in result.warnings:
                 messages.warn(str(warning))
@@ -251,7 +242,7 @@ def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
         kernel=kernel,
         initrd=initrd,
         cmdline=cmdline,
-        kexec_args=_kexec_args_text(sysconfig.kexec_args),
+        kexec_args=sysconfig.kexec_args,
         secure_boot=host.secure_boot_enforced(paths),
         plan=plan,
     )
@@ -375,7 +366,7 @@ def _unload_settings(paths: Paths) -> tuple[str, bool]:
     secure_boot = host.secure_boot_enforced(paths)
     try:
         sysconfig, _ = load_sysconfig(paths, host.machine_arch())
-        return _kexec_args_text(sysconfig.kexec_args), secure_boot
+        return sysconfig.kexec_args, secure_boot
     except KdumpError:
         record = _read_record(paths)
         return (record.kexec_args if record else ""), secure_boot

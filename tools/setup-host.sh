@@ -28,10 +28,12 @@ for p in "${packages[@]}"; do
 done
 if ((${#missing[@]})); then
     echo "setup-host: installing ${missing[*]}"
-    apt-get update -qq
+    # Another apt run (a parallel test run, unattended upgrades) holds the dpkg lock:
+    # wait for it rather than fail.
+    apt-get -o DPkg::Lock::Timeout=900 update -qq
     # kexec-tools asks whether it should handle reboots; the answer is no, we only use kexec -p.
     echo "kexec-tools kexec-tools/load_kexec boolean false" | debconf-set-selections
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 stamp="$venv/.requirements"

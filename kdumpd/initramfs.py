@@ -125,6 +125,18 @@ def shell_quote(value: object) -> Quoted:
     return Quoted(shlex.quote(_word(value)))
 
 
+def comment_text(value: object) -> Quoted:
+    """A value for a ``#`` comment line: quoted, and refused if it could end the comment.
+
+    A newline (or any control character) would end the comment and turn the
+    rest of the value into commands of a file that runs as root.
+    """
+    text = shell_quote(value)
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise ValueError(f"refusing to render {str(value)!r} into a comment: control character")
+    return text
+
+
 def _word(value: object) -> str:
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()  # StrictUndefined: name the missing variable
@@ -152,6 +164,7 @@ def template_environment(template_dir: Path) -> jinja2.Environment:
         finalize=_only_quoted,
     )
     env.filters["shell_quote"] = shell_quote
+    env.filters["comment"] = comment_text
     return env
 
 

@@ -31,8 +31,8 @@ from typing import Any
 
 from kdumpd import cmdline as capture_cmdline
 from kdumpd import host, initramfs, kexec
-from kdumpd.config import load_kdump_conf, load_sysconfig
-from kdumpd.errors import ExitCode, KdumpError, user_message
+from kdumpd.config import check_host, load_kdump_conf, load_sysconfig
+from kdumpd.errors import ConfigError, ExitCode, KdumpError, user_message
 from kdumpd.messages import Messages
 from kdumpd.paths import Paths
 from kdumpd.plan import CapturePlan, compile_full
@@ -179,6 +179,10 @@ def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
     parsed = load_kdump_conf(paths)
     for warning in parsed.warnings:
         messages.warn(str(warning))
+    # The same host checks as check-config, so that start never accepts less.
+    host_errors = check_host(parsed.config, paths, "/etc/kdump.conf")
+    if host_errors:
+        raise ConfigError(host_errors)
     sysconfig, sysconfig_problems = load_sysconfig(paths, host.machine_arch())
     for problem in sysconfig_problems:
         messages.warn(str(problem))

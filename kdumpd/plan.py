@@ -204,6 +204,7 @@ def hook_scripts(paths: Paths, directory: str) -> tuple[tuple[str, ...], tuple[P
 
     Names are as the managed system sees them (``/etc/kdump/pre.d/10-x``).
     """
+    from kdumpd.config.values import text_problem
     from kdumpd.errors import Problem
 
     base = paths.hooks_dir / directory
@@ -218,6 +219,18 @@ def hook_scripts(paths: Paths, directory: str) -> tuple[tuple[str, ...], tuple[P
     warnings: list[Problem] = []
     for name in names:
         entry = base / name
+        if text_problem(name, allow_tab=False) is not None:
+            # The name reaches plan.json, the dracut module and argv: only text may.
+            safe = name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            warnings.append(
+                Problem(
+                    f"{shown}/{safe}",
+                    0,
+                    "has a name that is not plain UTF-8 text; skipped. Rename it "
+                    "(letters, digits, - _ .)",
+                )
+            )
+            continue
         if entry.is_dir():
             warnings.append(Problem(f"{shown}/{name}", 0, "is a directory, not a hook; skipped"))
         elif not os.access(entry, os.X_OK) or not entry.is_file():

@@ -88,6 +88,30 @@ def _check_programs(paths: Paths, files: tuple[str, ...], line: int, source: str
     return problems
 
 
+#: Where a core_collector given by name is looked up, as the capture image's PATH has it.
+PROGRAM_DIRS: tuple[str, ...] = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def _check_collector(config: KdumpConfig, paths: Paths, source: str) -> list[Problem]:
+    """The collector program must exist and be executable: the image build copies it."""
+    program = config.effective_core_collector.split()[0]
+    line = config.lines.get("core_collector", 0)
+    if program.startswith("/"):
+        return _check_programs(paths, (program,), line, source)
+    for directory in PROGRAM_DIRS:
+        location = resolve_under_root(paths, f"{directory}/{program}")
+        if location is not None and _is_executable_file(location):
+            return []
+    return [
+        Problem(
+            source,
+            line,
+            f"Error: core_collector program {program} not found in {', '.join(PROGRAM_DIRS)}. "
+            "Install it (apt install makedumpfile) or name an existing program.",
+        )
+    ]
+
+
 def local_hostname(paths: Paths) -> str | None:
     """The host's name from /etc/hostname (first word), or None if unset."""
     try:
@@ -126,6 +150,7 @@ def check_host(config: KdumpConfig, paths: Paths, source: str) -> list[Problem]:
                 )
             )
 
+    problems += _check_collector(config, paths, source)
     problems += _check_programs(paths, config.extra_bins, lines.get("extra_bins", 0), source)
     for hook in ("kdump_pre", "kdump_post", "kdump_emergency"):
         program = getattr(config, hook)

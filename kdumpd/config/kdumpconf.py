@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from kdumpd.config import values as checks
 from kdumpd.errors import ConfigError, Problem
 from kdumpd.paths import Paths
 
@@ -266,6 +267,11 @@ def parse_kdump_conf(text: str, source: str = "/etc/kdump.conf") -> ParsedConfig
             out.error(number, f"Invalid kdump config value for option '{option}'")
             continue
 
+        problem = _value_problem(option, value)
+        if problem is not None:
+            out.error(number, f"Invalid kdump config value for option '{option}': {problem}")
+            continue
+
         key = option
         if option == DEPRECATED_ALIAS:
             out.warn(
@@ -303,6 +309,51 @@ def parse_kdump_conf(text: str, source: str = "/etc/kdump.conf") -> ParsedConfig
     if out.errors:
         raise ConfigError(sorted(out.errors, key=lambda problem: problem.line))
     return ParsedConfig(config, tuple(sorted(out.warnings, key=lambda problem: problem.line)))
+
+
+#: Directives whose value is one absolute path of the managed system.
+_PATH_DIRECTIVES = ("sshkey", "kdump_pre", "kdump_post", "kdump_emergency")
+#: Directives whose value is handed to a program as shell-split words.
+_SHELL_WORD_DIRECTIVES = ("dracut_args", "fence_kdump_args", "core_collector")
+
+
+def _value_problem(option: str, value: str) -> str | None:
+    """Why the value of a known directive cannot be used, or None (the grammar of one value).
+
+    Every value reaches a rendered shell file, a JSON plan or an argv, so none
+    may carry control characters or bytes that are not UTF-8; paths must be
+    absolute and fit the kernel's limits, so that no later step meets a value
+    it cannot represent.
+    """
+    problem = checks.text_problem(value)
+    if problem is not None:
+        return f"the value {problem}"
+    if option == "path":
+        return checks.path_problem(value, what=option, absolute=False)
+    if option in _PATH_DIRECTIVES:
+        return checks.path_problem(value, what=option)
+    if option == "extra_bins":
+        for word in _split_blanks(value):
+            problem = checks.path_problem(word, what="extra_bins entry")
+            if problem is not None:
+                return problem
+        return None
+    if option in _SHELL_WORD_DIRECTIVES:
+        problem = checks.words_problem(value, what=option)
+        if problem is not None:
+            return problem
+    if option == "core_collector":
+        program = value.split()[0]
+        if "/" in program and not program.startswith("/"):
+            return (
+                f"the program {program!r} is a relative path; write a program name found "
+                "in /usr/sbin, /usr/bin, /sbin or /bin, or an absolute path"
+            )
+        if program.startswith("/"):
+            return checks.path_problem(program, what="core_collector program")
+        if len(program.encode("utf-8")) > checks.NAME_MAX:
+            return f"the program name is longer than {checks.NAME_MAX} bytes"
+    return None
 
 
 def _mount_target(value: str, line: int, out: _Collector) -> DumpTarget | None:

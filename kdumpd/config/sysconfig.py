@@ -10,10 +10,12 @@ choice of which file applies.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from kdumpd.config import values
 from kdumpd.errors import ConfigError, Problem
 from kdumpd.paths import Paths
 
@@ -378,6 +380,10 @@ def _apply(
                 )
             )
             continue
+        problem = _value_problem(item.name, attribute, item.value)
+        if problem is not None:
+            errors.append(Problem(source, item.line, problem))
+            continue
         if attribute == "vmcore_creation_notification":
             changes[attribute] = item.value == "yes"
         elif attribute.endswith("loglvl"):
@@ -398,6 +404,27 @@ def _apply(
     return replace(base, source=source, **changes), errors, warnings  # type: ignore[arg-type]
 
 
+def _value_problem(name: str, attribute: str, value: str) -> str | None:
+    """Why the value of a known variable cannot be used, or None.
+
+    Every value ends up in a kernel command line, an argv or a rendered file
+    of the capture image, so it must be one line of text with a meaning that
+    survives quoting.
+    """
+    problem = values.text_problem(value)
+    if problem is not None:
+        return f"{name} {problem}"
+    if attribute == "kernelver" and value.strip():
+        return values.release_problem(value.strip(), what=name)
+    if attribute == "kexec_args":
+        return values.words_problem(value, what=name)
+    if attribute == "bootdir" and value:
+        return values.path_problem(value, what=name)
+    if attribute in ("img", "img_ext"):
+        return values.file_name_problem(value, what=name)
+    return None
+
+
 def load_sysconfig(paths: Paths, arch: str) -> tuple[SysConfig, tuple[Problem, ...]]:
     """The kdump variables for ``arch``, and the warnings reading them produced.
 
@@ -410,7 +437,9 @@ def load_sysconfig(paths: Paths, arch: str) -> tuple[SysConfig, tuple[Problem, .
         (paths.sysconfig_kdump, "/etc/sysconfig/kdump"),
         (paths.default_kdump, "/etc/default/kdump"),
     ]
-    present = [(location, name) for location, name in candidates if location.is_file()]
+    # lexists, not is_file: a directory or a dangling link where the file should be
+    # is a mistake to report, not a reason to fall back to the defaults silently.
+    present = [(location, name) for location, name in candidates if os.path.lexists(location)]
     if not present:
         return defaults, ()
     location, source = present[0]
@@ -428,7 +457,14 @@ def load_sysconfig(paths: Paths, arch: str) -> tuple[SysConfig, tuple[Problem, .
         text = location.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise ConfigError(
-            [Problem(source, 0, f"cannot read the kdump variables file: {exc.strerror}")]
+            [
+                Problem(
+                    source,
+                    0,
+                    f"cannot read the kdump variables file: {exc.strerror}; "
+                    "it must be a readable regular file (or absent, for the defaults)",
+                )
+            ]
         ) from exc
     assignments = read_assignments(text, source, initial=as_variables(defaults))
     config, errors, more_warnings = _apply(defaults, assignments, source)

@@ -17,7 +17,7 @@ import pytest
 
 from kdumpd import cli, proc
 from kdumpd.paths import Paths
-from tests.conftest import write
+from tests.conftest import install_collector, write
 
 MIB = 1024 * 1024
 X86 = os.uname_result(("Linux", "host", "6.1.0-28-amd64", "#1 SMP", "x86_64"))
@@ -282,6 +282,7 @@ def test_estimate_on_arch_without_default_table(
 
 
 def test_check_config_valid(capsys: pytest.CaptureFixture[str], fake_root: Paths) -> None:
+    install_collector(fake_root)
     write(fake_root.kdump_conf, "path /var/crash\ncore_collector makedumpfile -l -d 31\n")
     fake_root.var_crash.mkdir(parents=True)
     code, out, err = run(capsys, fake_root, "check-config")
@@ -291,6 +292,7 @@ def test_check_config_valid(capsys: pytest.CaptureFixture[str], fake_root: Paths
 def test_check_config_warnings_keep_it_valid(
     capsys: pytest.CaptureFixture[str], fake_root: Paths
 ) -> None:
+    install_collector(fake_root)
     write(fake_root.kdump_conf, "sshkey /root/.ssh/missing\n")
     write(fake_root.default_kdump, "# variables\nFOO=1\n")
     fake_root.var_crash.mkdir(parents=True)
@@ -340,6 +342,7 @@ def test_check_config_reports_every_problem_of_both_files(
 def test_check_config_host_checks_use_root(
     capsys: pytest.CaptureFixture[str], fake_root: Paths
 ) -> None:
+    install_collector(fake_root)
     write(fake_root.kdump_conf, "path /srv/dumps\n")
     code, _, err = run(capsys, fake_root, "check-config")
     assert code == 1
@@ -352,6 +355,7 @@ def test_check_config_host_checks_use_root(
 def test_check_config_other_file(
     capsys: pytest.CaptureFixture[str], fake_root: Paths, tmp_path: Path
 ) -> None:
+    install_collector(fake_root)
     write(fake_root.kdump_conf, "failure_action explode\n")
     fake_root.var_crash.mkdir(parents=True)
     candidate = write(tmp_path / "candidate.conf", "final_action poweroff\n")

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kdumpd.config import check_host, check_host_warnings, effective_sshkey, parse_kdump_conf
 from kdumpd.config.checks import resolve_under_root
 from kdumpd.config.kdumpconf import KdumpConfig
+from kdumpd.errors import ConfigError
 from kdumpd.paths import Paths
-from tests.conftest import write
+from tests.conftest import install_collector, write
 
 SOURCE = "/etc/kdump.conf"
+
+
+@pytest.fixture(autouse=True)
+def collector(fake_root: Paths) -> None:
+    """Every tree here has the default collector; tests of a missing one remove it."""
+    install_collector(fake_root)
 
 
 def config_of(text: str) -> KdumpConfig:
@@ -61,11 +70,10 @@ def test_extra_bins_must_exist_and_be_executable(fake_root: Paths) -> None:
     ]
 
 
-def test_relative_extra_bin_is_not_found_with_hint(fake_root: Paths) -> None:
-    fake_root.var_crash.mkdir(parents=True)
-    assert found(config_of("extra_bins lftp\n"), fake_root) == [
-        (1, "Error: lftp not found. (use an absolute path)")
-    ]
+def test_relative_extra_bin_is_refused_when_parsed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_of("extra_bins lftp\n")
+    assert "'lftp' is not an absolute path" in str(caught.value)
 
 
 def test_a_directory_is_not_an_executable(fake_root: Paths) -> None:

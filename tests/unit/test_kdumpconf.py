@@ -575,10 +575,12 @@ def test_parser_only_ever_raises_config_error(text: str) -> None:
 
 
 _SAFE_WORD = st.text(
-    alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters='#"'),
+    # No quotes, backslashes or slashes: values that split into words and paths stay paths.
+    alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters="#\"'\\/\x7f"),
     min_size=1,
     max_size=10,
 )
+_PATH = _SAFE_WORD.map(lambda word: "/" + word)
 _SAFE_VALUE = st.lists(_SAFE_WORD, min_size=1, max_size=3).map(" ".join)
 
 
@@ -597,9 +599,9 @@ def _configs(draw: st.DrawFn) -> KdumpConfig:
         target=target,
         path=draw(_SAFE_WORD),
         core_collector=collector,
-        sshkey=draw(_SAFE_WORD),
-        kdump_pre=draw(st.one_of(st.none(), _SAFE_WORD)),
-        extra_bins=tuple(draw(st.lists(_SAFE_WORD, max_size=3))),
+        sshkey=draw(_PATH),
+        kdump_pre=draw(st.one_of(st.none(), _PATH)),
+        extra_bins=tuple(draw(st.lists(_PATH, max_size=3))),
         extra_modules=tuple(draw(st.lists(_SAFE_WORD, max_size=3))),
         failure_action=draw(st.sampled_from(["reboot", "halt", "poweroff", "shell"])),
         final_action=draw(st.sampled_from(["reboot", "halt", "poweroff"])),

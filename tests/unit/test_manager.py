@@ -64,7 +64,7 @@ def system(fake_root: Paths, programs: ProgramStub, monkeypatch: pytest.MonkeyPa
     write(fake_root.proc_cmdline, PROC_CMDLINE)
     write(fake_root.proc_mounts, "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n")
     for program in ("usr/sbin/makedumpfile", "usr/sbin/vmcore-dmesg", "usr/bin/python3"):
-        write(fake_root.root / program, program)
+        write(fake_root.root / program, program).chmod(0o755)
     fake_root.var_crash.mkdir(parents=True)
     programs.expect("dracut", stdout="dracut 059\n")  # dracut --version, for the manifest
     monkeypatch.setattr(manager.host, "machine_arch", lambda: "x86_64")

@@ -528,8 +528,17 @@ def main(argv: Sequence[str] | None = None, *, uname: os.uname_result | None = N
     if args.command is None:
         return _fail(as_json=as_json, messages=messages, stdout=stdout, message=USAGE, code=1)
 
+    root = Path(args.root).absolute()
+    if not root.is_dir():
+        return _fail(
+            as_json=as_json,
+            messages=messages,
+            stdout=stdout,
+            message=f"--root {args.root}: not a directory; name the system tree to act on",
+            code=ExitCode.USAGE,
+        )
     ctx = Context(
-        paths=Paths(root=Path(args.root).absolute()),
+        paths=Paths(root=root),
         json=as_json,
         messages=messages,
         stdout=stdout,
@@ -548,6 +557,28 @@ def main(argv: Sequence[str] | None = None, *, uname: os.uname_result | None = N
         )
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        # A file of the tree that cannot be read or written where no reader expected
+        # it: say which and why, never a traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(
+            as_json=as_json,
+            messages=messages,
+            stdout=stdout,
+            message=f"kdumpctl {args.command}: {exc.strerror or exc}{where}",
+            code=ExitCode.FAILURE,
+        )
+    except Exception as exc:  # the last line between a bug and the user
+        return _fail(
+            as_json=as_json,
+            messages=messages,
+            stdout=stdout,
+            message=(
+                f"kdumpctl {args.command}: internal error ({type(exc).__name__}: {exc}); "
+                "this is a bug in kdumpd, please report it with the command that failed"
+            ),
+            code=ExitCode.FAILURE,
+        )
 
 
 if __name__ == "__main__":

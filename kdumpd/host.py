@@ -85,11 +85,24 @@ def kernel_release(
 # reservation and loaded state (§3.1, §3.2)
 
 
+class HostReadError(KdumpError):
+    """A file of the host exists but cannot be read (a directory where a file belongs)."""
+
+
 def _read_text(path: Path) -> str | None:
+    """The text of a host file; None when it is absent. Raises HostReadError otherwise.
+
+    Absent is a normal answer (no such kernel feature); anything else (a
+    directory, no permission) is a broken tree the user must hear about.
+    """
     try:
         return path.read_text(errors="replace")
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        raise HostReadError(
+            f"cannot read {path}: {exc.strerror}; it must be a readable file"
+        ) from exc
 
 
 def _read_int(path: Path) -> int | None:
@@ -522,9 +535,13 @@ def read_module_list(path: Path | None) -> frozenset[str] | None:
     """
     if path is None:
         return None
-    text = _read_text(path)
-    if text is None:
-        return None
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise HostReadError(
+            f"cannot read the module list {path}: {exc.strerror}; "
+            "name a file with one module name per line"
+        ) from exc
     return frozenset(line.strip().replace("-", "_") for line in text.splitlines() if line.strip())
 
 

@@ -107,6 +107,30 @@ class Arming:
         )
 
 
+class ForeignRoot(KdumpError):
+    """A command that loads, unloads or builds for the running kernel, on another tree."""
+
+    exit_code = ExitCode.USAGE
+    dbus_name = "org.kdumpd.Error.ForeignRoot"
+
+
+def require_running_system(paths: Paths, command: str) -> None:
+    """Refuse ``command`` unless ``paths`` is the running system (or a test's stand-in).
+
+    kexec loads into and unloads from the running kernel, and dracut packs the
+    running system's programs, whatever ``--root`` names; the lock that keeps
+    arming one at a time is the running system's. So with another tree these
+    commands would arm the host with the tree's files, or disarm the host.
+    """
+    if not paths.acts_on_running_kernel:
+        raise ForeignRoot(
+            f"kdumpctl {command} with --root {paths.root}: refused, because it would act on "
+            "the running kernel, not on that tree (kexec and dracut work on this machine). "
+            "Run it without --root on the system itself; check-config, status, showmem "
+            "and estimate work on a tree."
+        )
+
+
 # -- single instance --------------------------------------------------------
 
 
@@ -396,6 +420,7 @@ def _keep_old_note(paths: Paths, messages: Messages) -> None:
 
 def start(paths: Paths, messages: Messages) -> None:
     """Arm kdump (§3.3): check, validate, rebuild the image if needed, load."""
+    require_running_system(paths, "start")
     with instance_lock(paths, messages):
         _start(paths, messages)
 
@@ -419,6 +444,7 @@ def _start(paths: Paths, messages: Messages) -> None:
 
 def stop(paths: Paths, messages: Messages) -> None:
     """Disarm kdump (§3.4): ``kexec [-s] -p -u``."""
+    require_running_system(paths, "stop")
     with instance_lock(paths, messages):
         _stop(paths, messages)
 
@@ -438,12 +464,14 @@ def restart(paths: Paths, messages: Messages) -> None:
     Unlike kdumpctl (stop, then start), everything that can fail on a bad
     configuration runs before the old kernel is unloaded.
     """
+    require_running_system(paths, "restart")
     with instance_lock(paths, messages):
         _replace(paths, messages, image="auto")
 
 
 def reload(paths: Paths, messages: Messages) -> None:
     """Re-load kernel and image without rebuilding (§3.7), after validating the configuration."""
+    require_running_system(paths, "reload")
     with instance_lock(paths, messages):
         if not host.crash_loaded(paths):
             messages.warn(NOT_RUNNING)
@@ -494,6 +522,7 @@ def _restore(paths: Paths, messages: Messages, previous: Arming | None) -> None:
 
 def rebuild(paths: Paths, messages: Messages) -> None:
     """Rebuild the capture image unconditionally (§3.8); load nothing."""
+    require_running_system(paths, "rebuild")
     with instance_lock(paths, messages):
         try:
             prepare(paths, messages, image="force")
@@ -504,6 +533,7 @@ def rebuild(paths: Paths, messages: Messages) -> None:
 
 __all__ = [
     "ArmingFailed",
+    "ForeignRoot",
     "NotFeasible",
     "instance_lock",
     "prepare",

@@ -16,6 +16,15 @@ class Paths:
     """System locations under ``root`` (``/`` on a live system)."""
 
     root: Path = field(default_factory=lambda: Path("/"))
+    #: kexec acts on the running kernel whatever ``root`` says; a tree other than / may
+    #: be armed or disarmed only when the kernel is a stand-in too (tests, which fake
+    #: every program start). See :attr:`acts_on_running_kernel`.
+    kernel_standin: bool = False
+
+    @property
+    def acts_on_running_kernel(self) -> bool:
+        """Whether loading and unloading through this tree are allowed to reach the kernel."""
+        return self.kernel_standin or self.root.resolve() == Path("/")
 
     def under_root(self, absolute: str | Path) -> Path:
         """Map an absolute path of the managed system to this tree.

@@ -71,10 +71,13 @@ def programs(
 
 @pytest.fixture
 def fake_root(tmp_path: Path) -> Paths:
-    """An empty system tree; tests write the files they need under it."""
+    """An empty system tree; tests write the files they need under it.
+
+    Its kernel is a stand-in: the autouse program fixture fakes every kexec.
+    """
     root = tmp_path / "root"
     root.mkdir()
-    return Paths(root=root)
+    return Paths(root=root, kernel_standin=True)
 
 
 def write(path: Path, text: str) -> Path:

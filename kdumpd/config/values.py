@@ -31,6 +31,10 @@ def text_problem(value: str, *, allow_tab: bool = True) -> str | None:
         if code < 0x20 or code == 0x7F:
             name = "a NUL byte" if code == 0 else f"the control character {char!r}"
             return f"contains {name}; remove it (values are plain text on one line)"
+        if char.isspace() and char not in " \t":
+            # U+0085, U+2028...: Python's str.split() and the shell disagree on them, so
+            # a value could split into different words at different places.
+            return f"contains the white-space character U+{code:04X}; use plain spaces"
         if 0xD800 <= code <= 0xDFFF:
             # read with errors="surrogateescape": a byte that is not UTF-8.
             return "is not valid UTF-8; write the value as UTF-8 text"

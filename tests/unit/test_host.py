@@ -387,5 +387,8 @@ def test_estimate_without_image_counts_zero_and_says_so() -> None:
 def test_module_list_normalises_dashes(tmp_path: Path) -> None:
     listing = write(tmp_path / "mods.txt", "ext4\nnvme-core\n\n")
     assert host.read_module_list(listing) == frozenset({"ext4", "nvme_core"})
-    assert host.read_module_list(tmp_path / "absent") is None
+    with pytest.raises(host.HostReadError, match="No such file"):
+        host.read_module_list(tmp_path / "absent")
+    with pytest.raises(host.HostReadError, match="Is a directory"):
+        host.read_module_list(tmp_path)
     assert host.read_module_list(None) is None

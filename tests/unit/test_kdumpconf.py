@@ -579,7 +579,7 @@ _SAFE_WORD = st.text(
     alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters="#\"'\\/\x7f"),
     min_size=1,
     max_size=10,
-)
+).filter(lambda word: not any(char.isspace() for char in word))
 _PATH = _SAFE_WORD.map(lambda word: "/" + word)
 _SAFE_VALUE = st.lists(_SAFE_WORD, min_size=1, max_size=3).map(" ".join)
 

@@ -8,6 +8,7 @@ a recorder, so these tests see exactly when the manager decides to rebuild.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -299,9 +300,12 @@ def test_broken_config_through_kdumpctl_exits_1_naming_file_and_line(
     dracut: FakeDracut,
     programs: ProgramStub,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     set_loaded(system, True)
     write(system.kdump_conf, BROKEN_CONF)
+    # The tree's kexec is the test's stand-in, as for the manager calls above.
+    monkeypatch.setattr(cli, "Paths", functools.partial(Paths, kernel_standin=True))
 
     code = cli.main(["--root", str(system.root), "restart"])
 

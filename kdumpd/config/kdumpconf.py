@@ -253,6 +253,11 @@ def parse_kdump_conf(text: str, source: str = "/etc/kdump.conf") -> ParsedConfig
 
     for directive in read_directives(text):
         option, value, number = directive.option, directive.value, directive.line
+        problem = checks.text_problem(option)
+        if problem is not None:
+            # Never echo the name: it could be bytes a terminal or a JSON encoder chokes on.
+            out.error(number, f"Invalid kdump config option: the name {problem}")
+            continue
         if option in REMOVED_DIRECTIVES:
             out.error(
                 number,

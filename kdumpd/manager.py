@@ -18,9 +18,11 @@ compatibility spec), so scripts that grep ``Starting kdump: [OK]`` keep working.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -386,18 +388,14 @@ def _unload(paths: Paths, messages: Messages, *, kexec_args: str, secure_boot: b
 
 
 def _unload_settings(paths: Paths) -> tuple[str, bool]:
-    """KEXEC_ARGS and Secure Boot for an unload, even when the variables file is broken.
+    """KEXEC_ARGS and Secure Boot for an unload, without reading the configuration.
 
-    Stopping must not depend on a valid configuration: fall back to the
-    record of the last load, then to no arguments.
+    Unloading must work whatever the files say now: it uses the arguments of
+    the load it undoes (the record), else none. ``kexec -p -u`` needs no
+    configuration; ``-s`` follows Secure Boot, read from the firmware.
     """
-    secure_boot = host.secure_boot_enforced(paths)
-    try:
-        sysconfig, _ = load_sysconfig(paths, host.machine_arch())
-        return sysconfig.kexec_args, secure_boot
-    except KdumpError:
-        record = _read_record(paths)
-        return (record.kexec_args if record else ""), secure_boot
+    record = _read_record(paths)
+    return (record.kexec_args if record else ""), host.secure_boot_enforced(paths)
 
 
 def _fail(messages: Messages, error: KdumpError, status_line: str) -> ArmingFailed:
@@ -455,6 +453,7 @@ def _stop(paths: Paths, messages: Messages) -> None:
         _unload(paths, messages, kexec_args=kexec_args, secure_boot=secure_boot)
     except KdumpError as exc:
         raise _fail(messages, exc, STOPPING_FAILED) from exc
+    _unpin(paths)
     messages.info(STOPPING_OK)
 
 
@@ -478,7 +477,52 @@ def reload(paths: Paths, messages: Messages) -> None:
         _replace(paths, messages, image="keep")
 
 
+def _pinned_dir(paths: Paths) -> Path:
+    return paths.state_dir / "loaded"
+
+
+def _pin_loaded(paths: Paths, record: Arming | None) -> Arming | None:
+    """Keep the files of the loaded kernel where no rebuild writes, and record them there.
+
+    A rebuild renames a new image over ``initramfs-<kver>kdump.img``; without
+    this, putting back "the previous kernel" after a failed load would load
+    the new image again. Hard links cost nothing on the same filesystem; the
+    kernel (in /boot, maybe another filesystem) is copied if it must be.
+    """
+    if record is None:
+        return None
+    pin = _pinned_dir(paths)
+    if record.initrd.parent == pin and record.kernel.parent == pin:
+        return record
+    if not (record.kernel.is_file() and record.initrd.is_file()):
+        return record
+    staging = paths.state_dir / "loaded.new"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    files = {"kernel": record.kernel, "initrd": record.initrd}
+    manifest = record.initrd.with_name(record.initrd.name.removesuffix(".img") + ".manifest.json")
+    if manifest.is_file():
+        files["manifest.json"] = manifest
+    for name, source in files.items():
+        try:
+            os.link(source, staging / name)
+        except OSError:
+            shutil.copy2(source, staging / name)
+    shutil.rmtree(pin, ignore_errors=True)
+    staging.rename(pin)
+    pinned = dataclasses.replace(record, kernel=pin / "kernel", initrd=pin / "initrd")
+    _write_record(paths, pinned)
+    return pinned
+
+
+def _unpin(paths: Paths) -> None:
+    """The new kernel is loaded from its own files: the pinned copies are no longer needed."""
+    shutil.rmtree(_pinned_dir(paths), ignore_errors=True)
+
+
 def _replace(paths: Paths, messages: Messages, *, image: str) -> None:
+    # Before anything may rebuild the image: what is loaded now stays on disk as it is.
+    previous = _pin_loaded(paths, _read_record(paths))
     try:
         check_feasible(paths)
         import_pending_raw_dump(paths, messages)
@@ -488,7 +532,6 @@ def _replace(paths: Paths, messages: Messages, *, image: str) -> None:
         _keep_old_note(paths, messages)
         raise failed from exc
 
-    previous = _read_record(paths)
     try:
         _unload(paths, messages, kexec_args=arming.kexec_args, secure_boot=arming.secure_boot)
     except KdumpError as exc:
@@ -501,6 +544,7 @@ def _replace(paths: Paths, messages: Messages, *, image: str) -> None:
         failed = _fail(messages, exc, STARTING_FAILED)
         _restore(paths, messages, previous)
         raise failed from exc
+    _unpin(paths)
     messages.info(STARTING_OK)
 
 

@@ -49,7 +49,10 @@ class FakeDracut:
         **kwargs: Any,
     ) -> initramfs.BuildResult:
         self.builds.append(kernel_release)
-        image = write(initramfs.image_path(paths, kernel_release), "image")
+        # A new file renamed over the old one, as dracut's output is.
+        fresh = write(paths.state_dir / "fresh.img", f"image {len(self.builds)}")
+        image = initramfs.image_path(paths, kernel_release)
+        fresh.replace(image)
         write(initramfs.manifest_path(paths, kernel_release), manifest.to_json())
         return initramfs.BuildResult(image=image, manifest=manifest)
 
@@ -392,10 +395,32 @@ def test_failed_load_after_unload_puts_the_previous_kernel_back(
 
     loads = load_calls(programs)
     assert len(loads) == 3
-    assert loads[2] == loads[0]  # the first load's argv, verbatim
+    # The first load's command line, and the first image (the rebuild replaced the file
+    # at the image path, so the previous one must have been kept elsewhere).
+    assert command_line(loads[2]) == command_line(loads[0])
     assert "--command-line=huge rd.systemd.gpt_auto=no" not in loads[2]
+    assert Path(option_value(loads[2], "--initrd")).read_text() == "image 1"
+    assert Path(option_value(loads[1], "--initrd")).read_text() == "image 2"
     assert system.kexec_crash_loaded.read_text() == "1\n"
     assert any("put back the previous capture kernel" in t for t in texts(messages))
+
+    # The next successful load frees the kept copy; stop needs no configuration at all.
+    kexec_kernel_tracking(system, programs, 0, 0, 0)
+    write(system.default_kdump, f'KDUMP_KERNELVER="{KVER}"\n')
+    manager.restart(system, RecordedMessages())
+    assert not (system.state_dir / "loaded").exists()
+    write(system.default_kdump, 'KEXEC_ARGS="-s --unbalanced\n')
+    write(system.kdump_conf, BROKEN_CONF)
+    manager.stop(system, RecordedMessages())
+    assert kexec_calls(programs)[-1][-2:] == ("-p", "-u")
+
+
+def option_value(argv: Sequence[str], name: str) -> str:
+    return next(arg.split("=", 1)[1] for arg in argv if arg.startswith(name + "="))
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return option_value(argv, "--command-line")
 
 
 # -- rebuild --------------------------------------------------------------------------

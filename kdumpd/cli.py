@@ -355,7 +355,9 @@ def collect_config_problems(
 ) -> tuple[list[Problem], list[Problem]]:
     """Every error and warning of kdump.conf, the host checks and the variables file.
 
-    Reads files only; starts no program. Returns ``(errors, warnings)``.
+    When the files are valid, the plan is compiled as start compiles it (which
+    may ask blkid about a target device); nothing is built, loaded or
+    contacted. Returns ``(errors, warnings)``.
     """
     errors: list[Problem] = []
     warnings: list[Problem] = []
@@ -369,11 +371,15 @@ def collect_config_problems(
         errors.extend(check_host(parsed.config, paths, source))
         warnings.extend(check_host_warnings(parsed.config, paths, source))
     try:
-        _, problems = load_sysconfig(paths, arch)
+        sysconfig, problems = load_sysconfig(paths, arch)
     except ConfigError as exc:
         errors.extend(exc.problems)
     else:
         warnings.extend(problems)
+        if not errors:
+            from kdumpd.manager import plan_problems
+
+            errors.extend(plan_problems(paths, parsed.config, sysconfig))
     return errors, warnings
 
 

@@ -102,7 +102,7 @@ def _read_text(path: Path) -> str | None:
     except OSError as exc:
         raise HostReadError(
             f"cannot read {path}: {exc.strerror}; it must be a readable file"
-        ) from exc
+        ) from None
 
 
 def _read_int(path: Path) -> int | None:
@@ -541,7 +541,7 @@ def read_module_list(path: Path | None) -> frozenset[str] | None:
         raise HostReadError(
             f"cannot read the module list {path}: {exc.strerror}; "
             "name a file with one module name per line"
-        ) from exc
+        ) from None
     return frozenset(line.strip().replace("-", "_") for line in text.splitlines() if line.strip())
 
 

@@ -33,8 +33,8 @@ from typing import Any
 
 from kdumpd import cmdline as capture_cmdline
 from kdumpd import host, initramfs, kexec
-from kdumpd.config import check_host, load_kdump_conf, load_sysconfig
-from kdumpd.errors import ConfigError, ExitCode, KdumpError, user_message
+from kdumpd.config import KdumpConfig, SysConfig, check_host, load_kdump_conf, load_sysconfig
+from kdumpd.errors import ConfigError, ExitCode, KdumpError, Problem, user_message
 from kdumpd.messages import Messages
 from kdumpd.paths import Paths
 from kdumpd.plan import CapturePlan, compile_full
@@ -276,6 +276,22 @@ def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
         secure_boot=host.secure_boot_enforced(paths),
         plan=plan,
     )
+
+
+def plan_problems(paths: Paths, config: KdumpConfig, sysconfig: SysConfig) -> list[Problem]:
+    """What compiling the plan for a valid configuration finds wrong (check-config's last step).
+
+    The same compilation start runs, so a target start would refuse (a device
+    that does not exist, a dump path on tmpfs) is refused by check-config first.
+    """
+    try:
+        kver = host.kernel_release(paths, sysconfig)
+        compile_full(config, sysconfig, paths, kernel_release=kver)
+    except ConfigError as exc:
+        return list(exc.problems)
+    except KdumpError as exc:
+        return [Problem("/etc/kdump.conf", config.lines.get("target", 0), user_message(exc))]
+    return []
 
 
 def ssh_preflight(paths: Paths, messages: Messages, plan: CapturePlan) -> None:

@@ -112,6 +112,33 @@ def _check_collector(config: KdumpConfig, paths: Paths, source: str) -> list[Pro
     ]
 
 
+def _check_ssh_key(config: KdumpConfig, paths: Paths, source: str) -> list[Problem]:
+    """ssh ignores a private key others may read; say so, naming the fix, before any preflight.
+
+    Otherwise the server's refusal reads like a missing key and the advice
+    (kdumpctl propagate) does not help.
+    """
+    key = effective_sshkey(config, paths)
+    location = resolve_under_root(paths, key)
+    if location is None:
+        return []  # propagate creates it; the preflight names a missing key
+    info = location.stat()
+    line = config.lines.get("sshkey", config.lines.get("ssh", 0))
+    if not stat.S_ISREG(info.st_mode):
+        return [Problem(source, line, f"The ssh key {key} is not a regular file.")]
+    if info.st_mode & 0o077:
+        mode = stat.S_IMODE(info.st_mode)
+        return [
+            Problem(
+                source,
+                line,
+                f"The ssh key {key} may be read by other users (mode {mode:04o}), so ssh "
+                f"refuses to use it. Run: chmod 600 {key}",
+            )
+        ]
+    return []
+
+
 def local_hostname(paths: Paths) -> str | None:
     """The host's name from /etc/hostname (first word), or None if unset."""
     try:
@@ -156,6 +183,9 @@ def check_host(config: KdumpConfig, paths: Paths, source: str) -> list[Problem]:
         program = getattr(config, hook)
         if program is not None:
             problems += _check_programs(paths, (program,), lines.get(hook, 0), source)
+
+    if config.target is not None and config.target.kind == "ssh":
+        problems += _check_ssh_key(config, paths, source)
 
     if config.fence_kdump_nodes:
         local = set(_ALWAYS_LOCAL)

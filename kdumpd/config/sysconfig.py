@@ -14,10 +14,12 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+from kdumpd.arch import normalize_arch
 from kdumpd.config import values
 from kdumpd.errors import ConfigError, Problem
-from kdumpd.paths import Paths
+from kdumpd.paths import DEFAULT_KDUMP, SYSCONFIG_KDUMP, Paths
 
 # -- per-architecture defaults (§2.1) --------------------------------------
 
@@ -63,16 +65,6 @@ _FADUMP_APPEND_PPC64LE = (
     "nr_cpus=16 numa=off cgroup_disable=memory cma=0 kvm_cma_resv_ratio=0 hugetlb_cma=0 "
     "transparent_hugepage=never novmcoredd udev.children-max=2"
 )
-# Debian architecture names and the uname -m spellings of 32-bit x86.
-_ARCH_ALIASES: dict[str, str] = {
-    "amd64": "x86_64",
-    "arm64": "aarch64",
-    "ppc64el": "ppc64le",
-    "i486": "i386",
-    "i586": "i386",
-    "i686": "i386",
-}
-
 #: Variable name -> SysConfig field, for every variable kdump-utils reads from the file.
 VARIABLES: dict[str, str] = {
     "KDUMP_KERNELVER": "kernelver",
@@ -119,7 +111,7 @@ class SysConfig:
 
 def canonical_arch(arch: str) -> str:
     """The kdump-utils architecture name for a uname -m or Debian name; "other" if unknown."""
-    name = _ARCH_ALIASES.get(arch, arch)
+    name = normalize_arch(arch)
     return name if name in _ARCH_APPEND else "other"
 
 
@@ -425,6 +417,17 @@ def _value_problem(name: str, attribute: str, value: str) -> str | None:
     return None
 
 
+def variables_files(paths: Paths) -> list[tuple[Path, str]]:
+    """The variables files present, as (location, shown name), the one in effect first.
+
+    /etc/sysconfig/kdump (Fedora/RHEL) wins over Debian's /etc/default/kdump.
+    """
+    candidates = [(paths.sysconfig_kdump, SYSCONFIG_KDUMP), (paths.default_kdump, DEFAULT_KDUMP)]
+    # lexists, not is_file: a directory or a dangling link where the file should be
+    # is a mistake to report, not a reason to fall back to the defaults silently.
+    return [(location, shown) for location, shown in candidates if os.path.lexists(location)]
+
+
 def load_sysconfig(paths: Paths, arch: str) -> tuple[SysConfig, tuple[Problem, ...]]:
     """The kdump variables for ``arch``, and the warnings reading them produced.
 
@@ -433,13 +436,7 @@ def load_sysconfig(paths: Paths, arch: str) -> tuple[SysConfig, tuple[Problem, .
     default. Raises ConfigError for lines that cannot be read or bad values.
     """
     defaults = arch_defaults(arch)
-    candidates = [
-        (paths.sysconfig_kdump, "/etc/sysconfig/kdump"),
-        (paths.default_kdump, "/etc/default/kdump"),
-    ]
-    # lexists, not is_file: a directory or a dangling link where the file should be
-    # is a mistake to report, not a reason to fall back to the defaults silently.
-    present = [(location, name) for location, name in candidates if os.path.lexists(location)]
+    present = variables_files(paths)
     if not present:
         return defaults, ()
     location, source = present[0]

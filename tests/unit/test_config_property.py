@@ -18,18 +18,21 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from kdumpd import cli, initramfs
+from kdumpd import cli
 from kdumpd.config import load_kdump_conf, load_sysconfig
 from kdumpd.config.kdumpconf import KNOWN_DIRECTIVES, REMOVED_DIRECTIVES
 from kdumpd.config.sysconfig import VARIABLES
+from kdumpd.image import build
+from kdumpd.image.agent import PythonFiles
+from kdumpd.image.needs import image_needs
 from kdumpd.paths import Paths
-from kdumpd.plan import compile_full
+from kdumpd.planner import compile_full
 from tests.conftest import ProgramStub, install_collector, write
 
 KVER = "6.1.0-prop-amd64"
 X86 = os.uname_result(("Linux", "host", KVER, "#1 SMP", "x86_64"))
 TEMPLATES = Path(__file__).resolve().parents[2] / "dracut-module" / "templates"
-PYTHON_FILES = initramfs.PythonFiles(sources=("/usr/lib/python3.11/os.py",), extensions=())
+PYTHON_FILES = PythonFiles(sources=("/usr/lib/python3.11/os.py",), extensions=())
 
 # Lines that look like kdump.conf, so that valid files (not only noise) come out too.
 _VALUE_TEXT = st.lists(
@@ -111,12 +114,13 @@ def compile_and_render(paths: Paths, programs: ProgramStub, build_dir: Path) -> 
     """What start does with a valid configuration, up to (not including) running dracut."""
     programs.expect("blkid", stdout="ext4\n")
     parsed = load_kdump_conf(paths)
-    sysconfig, _ = load_sysconfig(paths, "x86_64")
-    compiled = compile_full(parsed.config, sysconfig, paths, kernel_release=KVER)
-    initramfs.stage(
+    load_sysconfig(paths, "x86_64")
+    compiled = compile_full(parsed.config, paths, kernel_release=KVER)
+    build.stage(
         paths,
         parsed.config,
         compiled.plan,
+        needs=image_needs(paths, compiled.plan),
         build_dir=build_dir,
         template_dir=TEMPLATES,
         python_files=PYTHON_FILES,

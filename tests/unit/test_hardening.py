@@ -15,12 +15,13 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from kdumpd import cli, initramfs, manager
+from kdumpd import cli, manager
 from kdumpd.config import check_host, load_sysconfig, parse_kdump_conf
 from kdumpd.errors import ConfigError
+from kdumpd.image import render
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
-from kdumpd.plan import hook_scripts
+from kdumpd.planner import hook_scripts
 from tests.conftest import ProgramStub, install_collector, write
 
 X86 = os.uname_result(("Linux", "host", "6.1.0-28-amd64", "#1 SMP", "x86_64"))
@@ -134,7 +135,7 @@ def test_newline_in_kernelver_is_refused(fake_root: Paths) -> None:
 
 
 def test_comments_of_rendered_files_refuse_a_line_break(tmp_path: Path) -> None:
-    env = initramfs.template_environment(TEMPLATES)
+    env = render.template_environment(TEMPLATES)
     template = env.from_string("# for kernel {{ kernel_release | comment }}\n")
     assert template.render(kernel_release="6.1.0-28-amd64") == "# for kernel 6.1.0-28-amd64\n"
     with pytest.raises(ValueError, match="control character"):

@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from kdumpd import cli, initramfs, manager, proc
+from kdumpd import cli, manager, proc
 from kdumpd.errors import ConfigError, ExitCode
+from kdumpd.image.build import BuildResult
+from kdumpd.image.manifest import Manifest, image_path, manifest_path
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
 from tests.conftest import ProgramStub, write
@@ -34,7 +36,7 @@ PROC_CMDLINE = (
 
 @dataclass
 class FakeDracut:
-    """Stands in for initramfs.build (dracut): writes the image and its manifest, records it."""
+    """Stands in for kdumpd.image.build.build (dracut): writes image and manifest, records it."""
 
     builds: list[str] = field(default_factory=list)
 
@@ -45,16 +47,16 @@ class FakeDracut:
         plan: Any,
         *,
         kernel_release: str,
-        manifest: initramfs.Manifest,
+        manifest: Manifest,
         **kwargs: Any,
-    ) -> initramfs.BuildResult:
+    ) -> BuildResult:
         self.builds.append(kernel_release)
         # A new file renamed over the old one, as dracut's output is.
         fresh = write(paths.state_dir / "fresh.img", f"image {len(self.builds)}")
-        image = initramfs.image_path(paths, kernel_release)
+        image = image_path(paths, kernel_release)
         fresh.replace(image)
-        write(initramfs.manifest_path(paths, kernel_release), manifest.to_json())
-        return initramfs.BuildResult(image=image, manifest=manifest)
+        write(manifest_path(paths, kernel_release), manifest.to_json())
+        return BuildResult(image=image, manifest=manifest)
 
 
 @pytest.fixture
@@ -78,12 +80,12 @@ def system(fake_root: Paths, programs: ProgramStub, monkeypatch: pytest.MonkeyPa
 @pytest.fixture
 def dracut(system: Paths, monkeypatch: pytest.MonkeyPatch) -> FakeDracut:
     fake = FakeDracut()
-    monkeypatch.setattr(manager.initramfs, "build", fake.build)
+    monkeypatch.setattr(manager.build, "build", fake.build)
     return fake
 
 
 def image_of(paths: Paths) -> Path:
-    return initramfs.image_path(paths, KVER)
+    return image_path(paths, KVER)
 
 
 def set_loaded(paths: Paths, loaded: bool) -> None:
@@ -327,11 +329,11 @@ def test_restart_prepares_first_then_unloads_and_loads(
     write(system.kdump_conf, "path /var/crash\ncore_collector makedumpfile -c -d 31\n")
     order: list[str] = []
 
-    def build(*args: Any, **kwargs: Any) -> initramfs.BuildResult:
+    def build(*args: Any, **kwargs: Any) -> BuildResult:
         order.append("build")
         return dracut.build(*args, **kwargs)
 
-    monkeypatch.setattr(manager.initramfs, "build", build)
+    monkeypatch.setattr(manager.build, "build", build)
 
     def kexec_answer(argv: Sequence[str]) -> proc.Completed:
         order.append("unload" if "-u" in argv else "load")

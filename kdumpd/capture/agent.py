@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -57,7 +58,9 @@ from kdumpd.errors import KdumpError, TargetError
 from kdumpd.paths import Paths
 from kdumpd.vmcore.elf import read_core
 
-_ENOSPC_TEXT = "No space left on device"
+#: Errors that mean the target has no room (disk full, quota, file size limit).
+SPACE_ERRNOS: tuple[int, ...] = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_SPACE_NAMES = frozenset(errno.errorcode[number] for number in SPACE_ERRNOS)
 
 SinkFactory = Callable[[Target], Sink]
 
@@ -172,6 +175,7 @@ def _failure_summary(plan: CapturePlan, record: DumpRecord) -> dict[str, Any]:
         "kind": plan.target.kind,
         "location": record.data.get("target", {}).get("location"),
         "reason": record.data.get("failure_reason"),
+        "out_of_space": bool(record.data.get("out_of_space")),
     }
 
 
@@ -251,7 +255,12 @@ def _new_record(ctx: CaptureContext, started: datetime) -> DumpRecord:
 
 
 def _hook_json(run: HookRun) -> dict[str, Any]:
-    return {"path": run.path, "args": list(run.args), "returncode": run.returncode}
+    return {
+        "path": run.path,
+        "args": list(run.args),
+        "returncode": run.returncode,
+        "error": run.error,
+    }
 
 
 def _dump(
@@ -275,9 +284,18 @@ def _dump(
         reason = _reason(exc)
         ctx.log.info(f"saving vmcore failed: {reason}")
         record.data["failure_reason"] = reason
+        record.data["out_of_space"] = reason.split(":", 1)[0] in _SPACE_NAMES
         return False
     record.data["result"] = "success"
     return True
+
+
+def _space_errno(text: str) -> int | None:
+    """ENOSPC, EDQUOT or EFBIG when ``text`` reports one of them (programs say it in words)."""
+    for number in SPACE_ERRNOS:
+        if os.strerror(number) in text:
+            return number
+    return None
 
 
 def _reason(exc: Exception) -> str:
@@ -285,8 +303,9 @@ def _reason(exc: Exception) -> str:
     text = str(exc)
     if number is not None and os.strerror(number) not in text:
         text += f" ({os.strerror(number)})"
-    if number == 28 or _ENOSPC_TEXT in text:  # ENOSPC
-        return f"ENOSPC: the dump target is full: {text}"
+    space = number if number in SPACE_ERRNOS else _space_errno(text)
+    if space is not None:
+        return f"{errno.errorcode[space]}: the dump target is full: {text}"
     return text
 
 
@@ -345,9 +364,12 @@ def _save_vmcore(ctx: CaptureContext, sink: FileSink, record: DumpRecord) -> Non
             failure = None
     if failure is not None:
         ctx.log.info(f"saving vmcore with {argv[0]} failed: {failure}")
-        if _ENOSPC_TEXT in failure.stderr + failure.stdout:
-            # The fallback would only fill the same disk again; keep what was written.
-            raise TargetError(f"{argv[0]} ran out of space writing {out}", 28)
+        space = _space_errno(failure.stderr + failure.stdout)
+        if space is not None:
+            # The fallback would only fill the same disk (or quota) again; keep what was written.
+            raise TargetError(
+                f"{argv[0]} ran out of space writing {out} ({os.strerror(space)})", space
+            )
         _fallback_copy(ctx, out, record, failure)
     with record.step("sync") as step:
         sink.finish_file(VMCORE_INCOMPLETE, VMCORE)
@@ -469,6 +491,14 @@ def _dump_to_rootfs(
     if plan.rootfs is None:
         ctx.log.info("failure_action dump_to_rootfs, but the plan has no root filesystem")
         return
+    if why is not None and why.get("out_of_space") and _same_filesystem(plan):
+        # Another attempt on the filesystem that just filled up would only fail again,
+        # after deleting nothing but costing the partial dump its last free blocks.
+        ctx.log.info(
+            "failure_action dump_to_rootfs skipped: the root filesystem is the target that "
+            "ran out of space; the partial dump stays where it is"
+        )
+        return
     ctx.log.info(f"failure_action dump_to_rootfs: saving to {plan.rootfs.device}")
     target = FsTarget(path=plan.rootfs_path, mount=plan.rootfs)
     sink = ctx.sink_for(target)
@@ -480,6 +510,14 @@ def _dump_to_rootfs(
     ok = _dump(ctx, sink, record, started, target.kind)
     ctx.log.info("saving vmcore complete" if ok else "dump_to_rootfs failed too")
     _finish(ctx, sink, record, [], plan.final_action)
+
+
+def _same_filesystem(plan: CapturePlan) -> bool:
+    """Whether the planned target lives on the filesystem dump_to_rootfs would use."""
+    target = plan.target
+    if not isinstance(target, FsTarget) or plan.rootfs is None:
+        return False
+    return target.mount is None or target.mount.device == plan.rootfs.device
 
 
 def _act(ctx: CaptureContext, action: str) -> None:

@@ -8,7 +8,9 @@ agent at a temporary directory.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +24,9 @@ from kdumpd.durable import fsync_dir
 from kdumpd.errors import TargetError
 from kdumpd.mountinfo import parse_mountinfo
 from kdumpd.paths import Paths
+
+#: How many numbered variants (``<name>-1`` ...) of a dump directory name are tried.
+MAX_DIRECTORY_SUFFIX = 99
 
 
 def is_mounted(paths: Paths, mountpoint: str) -> bool:
@@ -50,19 +55,44 @@ class FsDump:
         return str(self.directory) if self.directory else self.target.path
 
     def prepare(self, when: datetime) -> None:
-        """Mount if needed, create the dump directory (0700) and reserve the record files."""
+        """Mount if needed, create a fresh dump directory (0700) and reserve the record files.
+
+        The directory is always new: an existing one (a capture in the same second,
+        on a board without a clock, or one planted where others may write) gets a
+        suffix instead of being reused, and nothing inside it is trusted.
+        """
         base = self._mount_base()
-        directory = base / dump_dir_name(self.address, when)
         try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            base.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise TargetError(
-                f"cannot create dump directory {directory}: {exc}", exc.errno
-            ) from exc
+            raise TargetError(f"cannot create dump directory {base}: {exc}", exc.errno) from exc
+        directory = self._fresh_directory(base, dump_dir_name(self.address, when))
         self.directory = directory
         self.log.info(f"saving to {directory}")
         for name, size in RESERVED_BYTES.items():
             self._reserve(directory / name, size)
+
+    def _fresh_directory(self, base: Path, name: str) -> Path:
+        for attempt in range(MAX_DIRECTORY_SUFFIX + 1):
+            directory = base / (name if attempt == 0 else f"{name}-{attempt}")
+            try:
+                # mkdir never follows a symlink at the last component: EEXIST instead.
+                directory.mkdir(mode=0o700)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise TargetError(
+                    f"cannot create dump directory {directory}: {exc}", exc.errno
+                ) from exc
+            info = os.lstat(directory)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                raise TargetError(f"dump directory {directory} was replaced while being created")
+            return directory
+        raise TargetError(
+            f"cannot create a dump directory in {base}: {name} and its "
+            f"{MAX_DIRECTORY_SUFFIX} numbered variants exist already",
+            errno.EEXIST,
+        )
 
     def _mount_base(self) -> Path:
         mount = self.target.mount
@@ -89,7 +119,7 @@ class FsDump:
 
     def _reserve(self, path: Path, size: int) -> None:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 os.posix_fallocate(fd, 0, size)
             finally:
@@ -107,7 +137,7 @@ class FsDump:
         """fsync ``incomplete``, rename it to ``final`` (0600) and fsync the directory."""
         src, dst = self.output_path(incomplete), self.output_path(final)
         try:
-            fd = os.open(src, os.O_RDONLY)
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
             try:
                 os.fchmod(fd, 0o600)
                 os.fsync(fd)
@@ -122,7 +152,8 @@ class FsDump:
         """Write a record file in place (into its reservation), then fsync; raise TargetError."""
         path = self.output_path(name)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            # Its reservation, made by prepare() in the directory it created; never a link.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 os.fchmod(fd, 0o600)
                 view = memoryview(data)

@@ -33,6 +33,9 @@ def run_hook(paths: Paths, hook: str, args: Sequence[str], log: CaptureLog) -> H
     except proc.ProgramError as exc:
         log.info(f"{hook} failed: {exc}")
         return HookRun(hook, tuple(args), exc.returncode, str(exc))
+    except Exception as exc:  # a hook is the administrator's code: it never costs the dump
+        log.info(f"{hook} could not be run to its end: {type(exc).__name__}: {exc}")
+        return HookRun(hook, tuple(args), None, f"{type(exc).__name__}: {exc}")
     if result.returncode != 0:
         log.info(f"{hook} exited with {result.returncode} status")
     return HookRun(hook, tuple(args), result.returncode)

@@ -54,6 +54,33 @@ def _quote(path: str) -> str:
     return shlex.quote(path)
 
 
+#: How many numbered variants (``<name>-1`` ...) of a dump directory name are tried.
+MAX_DIRECTORY_SUFFIX = 99
+
+
+def fresh_directory_command(wanted: str) -> str:
+    """Server-side shell that creates a new dump directory and prints its path.
+
+    ``mkdir`` without ``-p`` fails on anything already there (a directory, a file or
+    a planted symlink, which it never follows), so the dump never lands in a place
+    someone prepared; a name taken already gets a numbered suffix.
+    """
+    base = posixpath.dirname(wanted)
+    return (
+        f"umask 0077 && mkdir -p -- {_quote(base)} && d={_quote(wanted)} && i=0 && "
+        'while [ -e "$d" ] || [ -L "$d" ]; do i=$((i+1)); '
+        f'[ "$i" -le {MAX_DIRECTORY_SUFFIX} ] || exit 1; d={_quote(wanted)}-$i; done && '
+        'mkdir -- "$d" && printf "%s\\n" "$d"'
+    )
+
+
+def _is_variant(answer: str, wanted: str) -> bool:
+    if answer == wanted:
+        return True
+    suffix = answer.removeprefix(wanted + "-")
+    return suffix != answer and suffix.isdigit() and int(suffix) <= MAX_DIRECTORY_SUFFIX
+
+
 @dataclass
 class SshDump:
     """A dump directory on an ssh server."""
@@ -87,10 +114,16 @@ class SshDump:
         spec = self.spec
         server = spec.address or spec.host
         self.address = self._wait_for_route(server)
-        directory = posixpath.join(self.target.path, dump_dir_name(self.address, when))
-        self.log.info(f"saving to {spec.user}@{spec.host}:{directory}")
-        self._remote(f"mkdir -p -- {_quote(directory)}", f"create {directory}", retry=True)
-        self.directory = directory
+        wanted = posixpath.join(self.target.path, dump_dir_name(self.address, when))
+        result = self._remote(fresh_directory_command(wanted), f"create {wanted}", retry=True)
+        chosen = result.stdout.strip().splitlines()[-1:] or [""]
+        if not _is_variant(chosen[0], wanted):
+            raise TargetError(
+                f"permission: {spec.user}@{spec.host} did not create a fresh dump directory "
+                f"{wanted} (it answered {chosen[0]!r})"
+            )
+        self.directory = chosen[0]
+        self.log.info(f"saving to {spec.user}@{spec.host}:{self.directory}")
 
     def _wait_for_route(self, server: str) -> str:
         network = self.target.network
@@ -113,7 +146,7 @@ class SshDump:
                 said = waited
             self.sleep(1.0)
 
-    def _remote(self, command: str, doing: str, *, retry: bool = False) -> None:
+    def _remote(self, command: str, doing: str, *, retry: bool = False) -> proc.Completed:
         """Run a remote command; raise TargetError naming the failure kind."""
         argv = [*argv_for(self.spec), command]
         start = self.clock()
@@ -121,7 +154,7 @@ class SshDump:
             result = proc.run(argv, ok_codes=range(256), timeout=120)
             failure = classify(result.returncode, result.stderr)
             if failure is None:
-                return
+                return result
             waited = self.clock() - start
             if not (retry and failure is SshFailure.NETWORK and waited < self.connect_retry):
                 raise TargetError(self._failure_text(failure, doing, result.stderr, waited))
@@ -164,9 +197,9 @@ class SshDump:
         *,
         on_output: Callable[[bytes], None] | None = None,
     ) -> None:
-        """``argv | ssh "umask 0077 && dd bs=512 of=<incomplete>"``, then mv to ``final``."""
+        """``argv | ssh "... dd bs=512 ><incomplete>"`` (noclobber), then mv to ``final``."""
         out = self._path(incomplete)
-        writer = [*argv_for(self.spec), f"umask 0077 && dd bs=512 of={_quote(out)}"]
+        writer = [*argv_for(self.spec), f"umask 0077 && set -C && dd bs=512 >{_quote(out)}"]
         try:
             proc.run(argv, pipe_to=writer, timeout=None, on_output=on_output)
         except proc.ProgramError as exc:
@@ -184,7 +217,7 @@ class SshDump:
         """Write a record file through ``dd`` and rename it into place."""
         temporary, final = self._path(f".{name}.incomplete"), self._path(name)
         command = (
-            f"umask 0077 && dd of={_quote(temporary)} 2>/dev/null && "
+            f"umask 0077 && set -C && dd 2>/dev/null >{_quote(temporary)} && "
             f"mv -f -- {_quote(temporary)} {_quote(final)}"
         )
         try:

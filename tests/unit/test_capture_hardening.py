@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ import pytest
 from kdumpd import proc
 from kdumpd.capture.agent import CaptureContext, run_capture
 from kdumpd.capture.log import CaptureLog
+from kdumpd.capture.ssh import fresh_directory_command
 from kdumpd.contract.plan import PLAN_VERSION, CapturePlan, FsTarget, MountSpec
 from kdumpd.paths import Paths
 from tests.conftest import ProgramStub, write
@@ -250,3 +252,27 @@ def test_hook_printing_bytes_runs_to_its_exit_status(tmp_path: Path) -> None:
     done, directory, _ = run_agent_with_hooks(tmp_path)
     assert hook_results(directory)["/etc/kdump/pre.d/10-bytes"]["returncode"] == 0
     assert b"done" in (directory / "kexec-dmesg.log").read_bytes()
+
+
+# -- 3, ssh side: the server's shell creates a fresh directory, never writes through links --
+
+
+@pytest.mark.integration
+def test_server_side_directory_and_writes_never_follow_planted_links(tmp_path: Path) -> None:
+    base = tmp_path / "it's crash"
+    wanted = str(base / "10.0.2.15-2024-06-23-21:27:26")
+    secret = write(tmp_path / "shadow", "root:secret\n")
+    base.mkdir()
+    Path(wanted).symlink_to(secret.parent)  # a planted link where the directory would go
+    first = proc.run(["sh", "-c", fresh_directory_command(wanted)]).stdout.strip()
+    second = proc.run(["sh", "-c", fresh_directory_command(wanted)]).stdout.strip()
+    assert (first, second) == (f"{wanted}-1", f"{wanted}-2")
+    (Path(first) / "vmcore-incomplete").symlink_to(secret)
+    command = "umask 0077 && set -C && dd bs=512 >" + shlex.quote(f"{first}/{{}}")
+    linked = proc.run(
+        ["sh", "-c", command.format("vmcore-incomplete")], input="data", ok_codes=range(256)
+    )
+    assert linked.returncode != 0
+    assert secret.read_text() == "root:secret\n"
+    proc.run(["sh", "-c", command.format("fresh")], input="data")
+    assert (Path(first) / "fresh").read_text() == "data"

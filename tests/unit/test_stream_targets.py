@@ -16,7 +16,7 @@ from kdumpd.capture.agent import CaptureContext, run_capture
 from kdumpd.capture.fs import FsDump
 from kdumpd.capture.log import CaptureLog
 from kdumpd.capture.raw import RawDump
-from kdumpd.capture.ssh import SshDump
+from kdumpd.capture.ssh import SshDump, fresh_directory_command
 from kdumpd.config.kdumpconf import KdumpConfig, parse_kdump_conf
 from kdumpd.contract.plan import (
     CapturePlan,
@@ -227,6 +227,7 @@ def done(argv: tuple[str, ...], code: int = 0, out: str = "", err: str = "") -> 
 
 
 NET = NetworkSpec("ens3", "52:54:00:12:34:56", "virtio_net", "ipv4", "192.0.2.7")
+DUMP_DIR = "/srv/crash/10.0.2.15-2024-06-23-21:27:26"
 SSH_TARGET = SshTarget(
     path="/srv/crash",
     ssh=SshSpec("root", "192.0.2.7", "/root/.ssh/kdump_id_rsa", "/etc/kdumpd/ssh/known_hosts"),
@@ -254,7 +255,8 @@ def test_ssh_capture_names_the_dir_by_source_address_and_streams_with_F(
     recorder = Recorder(
         {
             "ip": lambda a, k: done(a, out=route),
-            "ssh": lambda a, k: done(a),
+            # the server names the fresh directory it created
+            "ssh": lambda a, k: done(a, out=f"{DUMP_DIR}\n" if "mkdir" in a[-1] else ""),
             "vmcore-dmesg": lambda a, k: done(a),
             "makedumpfile": lambda a, k: done(a),
         }
@@ -264,16 +266,16 @@ def test_ssh_capture_names_the_dir_by_source_address_and_streams_with_F(
     actions: list[str] = []
     assert run_capture(context(fake_root, vmcore, plan, actions)) == 0
     assert actions == ["reboot"]
-    d = "/srv/crash/10.0.2.15-2024-06-23-21:27:26"
+    d = DUMP_DIR
     assert recorder.remote_commands() == [
-        f"mkdir -p -- {d}",
-        f"umask 0077 && dd bs=512 of={d}/vmcore-dmesg-incomplete.txt",
+        fresh_directory_command(d),
+        f"umask 0077 && set -C && dd bs=512 >{d}/vmcore-dmesg-incomplete.txt",
         f"mv -f -- {d}/vmcore-dmesg-incomplete.txt {d}/vmcore-dmesg.txt",
-        f"umask 0077 && dd bs=512 of={d}/vmcore-incomplete",
+        f"umask 0077 && set -C && dd bs=512 >{d}/vmcore-incomplete",
         f"mv -f -- {d}/vmcore-incomplete {d}/vmcore.flat",
-        f"umask 0077 && dd of={d}/.kdumpd-metadata.json.incomplete 2>/dev/null && "
+        f"umask 0077 && set -C && dd 2>/dev/null >{d}/.kdumpd-metadata.json.incomplete && "
         f"mv -f -- {d}/.kdumpd-metadata.json.incomplete {d}/kdumpd-metadata.json",
-        f"umask 0077 && dd of={d}/.kexec-dmesg.log.incomplete 2>/dev/null && "
+        f"umask 0077 && set -C && dd 2>/dev/null >{d}/.kexec-dmesg.log.incomplete && "
         f"mv -f -- {d}/.kexec-dmesg.log.incomplete {d}/kexec-dmesg.log",
     ]
     collector = next(a for a, _ in recorder.calls if a[0] == "makedumpfile")

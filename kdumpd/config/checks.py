@@ -205,9 +205,39 @@ def check_host(config: KdumpConfig, paths: Paths, source: str) -> list[Problem]:
     return problems
 
 
+def _writable_by_others(paths: Paths, absolute: str) -> str | None:
+    """The first directory from / down to ``absolute`` that users other than root may change."""
+    current = PurePosixPath("/")
+    for part in (*PurePosixPath(absolute).parts[1:], None):
+        location = resolve_under_root(paths, str(current))
+        if location is None:
+            return None
+        info = location.stat()
+        sticky = bool(info.st_mode & stat.S_ISVTX)
+        if info.st_uid != 0 or (info.st_mode & 0o022 and not sticky):
+            return str(current)
+        if part is None:
+            return None
+        current = current / part
+    return None
+
+
 def check_host_warnings(config: KdumpConfig, paths: Paths, source: str) -> list[Problem]:
     """Warnings: kdumpctl prints these and carries on."""
     warnings: list[Problem] = []
+    if config.target is None:
+        loose = _writable_by_others(paths, config.path)
+        if loose is not None:
+            warnings.append(
+                Problem(
+                    source,
+                    config.lines.get("path", 0),
+                    f"the dump path {config.path} can be changed by users other than root "
+                    f"({loose} is not root's alone); they could prepare what a capture writes "
+                    f"into. Make it root-owned and not group/other-writable: "
+                    f"chown root: {loose} && chmod go-w {loose}",
+                )
+            )
     if "sshkey" in config.lines and resolve_under_root(paths, config.sshkey) is None:
         warnings.append(
             Problem(

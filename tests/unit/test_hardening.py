@@ -16,7 +16,7 @@ import jinja2
 import pytest
 
 from kdumpd import cli, manager
-from kdumpd.config import check_host, load_sysconfig, parse_kdump_conf
+from kdumpd.config import check_host, check_host_warnings, load_sysconfig, parse_kdump_conf
 from kdumpd.errors import ConfigError
 from kdumpd.image import render
 from kdumpd.messages import RecordedMessages
@@ -271,3 +271,24 @@ def test_ssh_key_readable_by_others_is_named_before_any_preflight(fake_root: Pat
     ]
     key.chmod(0o600)
     assert check_host(config, fake_root, "/etc/kdump.conf") == []
+
+
+# -- 3, first kernel: a dump path others can write to is named --------------------------
+
+
+def test_check_config_warns_when_the_dump_path_is_not_roots_alone(fake_root: Paths) -> None:
+    valid_tree(fake_root)
+    config = parse_kdump_conf("path /var/crash\n").config
+    assert check_host_warnings(config, fake_root, "/etc/kdump.conf") == []
+    fake_root.under_root("/var").chmod(0o777)
+    (warning,) = check_host_warnings(config, fake_root, "/etc/kdump.conf")
+    assert str(warning).startswith(
+        "/etc/kdump.conf:1: the dump path /var/crash can be changed by users other than root "
+        "(/var is not root's alone)"
+    )
+    fake_root.under_root("/var").chmod(0o1777)  # sticky, like /tmp: others cannot rename
+    assert check_host_warnings(config, fake_root, "/etc/kdump.conf") == []
+    os.chown(fake_root.var_crash, 1000, 1000)
+    assert "(/var/crash is not root's alone)" in str(
+        check_host_warnings(config, fake_root, "/etc/kdump.conf")[0]
+    )

@@ -298,17 +298,25 @@ def import_pending_raw_dump(paths: Paths, messages: Messages) -> None:
 
     Raises (and so fails the start) when a pending dump cannot be saved: the
     device holds its only copy, and arming would let the next crash destroy it.
+    A stream that cannot be reassembled (cut off, corrupt) holds no dump to
+    protect: it is recorded, reported and set aside, and arming goes on.
     """
     config = load_kdump_conf(paths).config
     if config.target is None or config.target.kind != "raw":
         return
-    raw_import.import_raw_dump(
-        paths,
-        config.target.value,
-        messages=messages,
-        now=datetime.now(),
-        crash_dir=paths.under_root(config.path),
-    )
+    try:
+        raw_import.import_raw_dump(
+            paths,
+            config.target.value,
+            messages=messages,
+            now=datetime.now(),
+            crash_dir=paths.under_root(config.path),
+        )
+    except raw_import.UnusableStream as exc:
+        # No complete dump to protect: report it once, and arm anyway.
+        messages.warn(
+            f"{exc} It was set aside; kdump is armed, and the next capture overwrites it."
+        )
 
 
 def _read_proc_cmdline(paths: Paths) -> str:

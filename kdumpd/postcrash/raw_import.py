@@ -43,6 +43,8 @@ INVALIDATE_BYTES = 512
 #: How much of the stream identifies it in import records.
 FINGERPRINT_BYTES = 1 << 20
 IMPORTS_DIR = "raw-imports"
+SET_ASIDE_DIR = "raw-set-aside"
+ERASE_CHUNK = 1 << 20
 KDUMP_SIGNATURES = (b"KDUMP   ", b"\x7fELF")
 
 # Reassembly reads the whole device through a shell redirection, because the
@@ -53,6 +55,14 @@ _REASSEMBLE_SCRIPT = 'exec makedumpfile -R "$1" < "$2"'
 
 class RawImportError(TargetError):
     """A pending raw dump could not be imported; the device was left as it was."""
+
+
+class UnusableStream(RawImportError):
+    """The stream on the device cannot be reassembled (cut off or corrupt); it was set aside.
+
+    Unlike other import failures this must not keep kdump disarmed: there is no
+    complete dump to protect, and the next boot would fail the same way.
+    """
 
 
 @dataclass(frozen=True)
@@ -87,8 +97,9 @@ def read_import_record(paths: Paths, print_: str) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-def invalidate_stream(location: Path, expected: str) -> None:
-    """Zero the first block of the device so the stream is not found again.
+def invalidate_stream(location: Path, expected: str, length: int = INVALIDATE_BYTES) -> None:
+    """Zero the ``length`` bytes the stream occupies, so neither it nor the memory it holds
+    can be found or read on the device again.
 
     ``expected`` is the fingerprint of the stream that was imported: if the
     device now holds something else, nothing is written.
@@ -97,9 +108,15 @@ def invalidate_stream(location: Path, expected: str) -> None:
         raise RawImportError(
             f"the dump stream on {location} changed during the import; it was not erased"
         )
+    zeros = bytes(ERASE_CHUNK)
     try:
         fd = os.open(location, os.O_WRONLY)
         try:
+            # The header last: until the end, an interrupted erase is found and retried.
+            done = INVALIDATE_BYTES
+            while done < length:
+                done += os.pwrite(fd, zeros[: min(ERASE_CHUNK, length - done)], done)
+            os.fsync(fd)
             os.pwrite(fd, bytes(INVALIDATE_BYTES), 0)
             os.fsync(fd)
         finally:
@@ -133,18 +150,26 @@ def _check_stream(location: Path, device: str) -> flattened.StreamSummary:
     try:
         with open(location, "rb") as f:
             summary = flattened.scan(f, where=device)
-    except (OSError, flattened.FlattenedFormatError) as exc:
+    except flattened.FlattenedFormatError as exc:
+        raise UnusableStream(
+            f"the dump stream on {device} is corrupt: {exc}. " + _discard_hint(device)
+        ) from exc
+    except OSError as exc:
         raise RawImportError(
             f"the dump stream on {device} is unreadable: {exc}. " + _manual_hint(device)
         ) from exc
     if not summary.complete:
-        raise RawImportError(
+        raise UnusableStream(
             f"the dump stream on {device} is incomplete: it breaks off after "
             f"{summary.records} records ({summary.stream_size} bytes) without an end "
             "marker, so the capture did not finish (the device may be too small, or "
             "the capture kernel stopped). " + _discard_hint(device)
         )
     return summary
+
+
+def _set_aside_path(paths: Paths, print_: str) -> Path:
+    return paths.state_dir / SET_ASIDE_DIR / f"{print_}.json"
 
 
 def _discard_hint(device: str) -> str:
@@ -200,10 +225,23 @@ def import_raw_dump(
             f"The dump on {device} was already saved to {earlier.get('directory')}; "
             "erasing it from the device."
         )
-        invalidate_stream(location, print_)
+        length = earlier.get("stream_size")
+        invalidate_stream(location, print_, length if isinstance(length, int) else 0)
+        return None
+    aside = _set_aside_path(paths, print_)
+    if aside.exists():
+        messages.info(
+            f"The unusable dump stream on {device} was set aside earlier ({aside}); "
+            "it is left for the next capture to overwrite."
+        )
         return None
 
-    summary = _check_stream(location, device)
+    try:
+        summary = _check_stream(location, device)
+    except UnusableStream as exc:
+        noted = {"device": device, "found": now.isoformat(), "reason": str(exc)}
+        write_atomic(aside, json.dumps(noted, indent=2).encode())
+        raise
     base = crash_dir if crash_dir is not None else paths.var_crash
     directory = base / dump_dir_name(LOCAL_ADDRESS, now)
     try:
@@ -241,6 +279,7 @@ def import_raw_dump(
             "directory": str(directory),
             "size": size,
             "sha256_first_mib": print_,
+            "stream_size": summary.stream_size,
         }
         write_atomic(_record_path(paths, print_), json.dumps(record, indent=2).encode())
     except (proc.ProgramError, RawImportError, OSError) as exc:
@@ -252,7 +291,7 @@ def import_raw_dump(
 
     messages.info(f"Dump saved to {vmcore}")
     try:
-        invalidate_stream(location, print_)
+        invalidate_stream(location, print_, summary.stream_size)
     except (RawImportError, OSError) as exc:
         # The dump is safe and recorded: the next start finds the record and
         # retries the erase instead of importing the same stream again.

@@ -34,6 +34,8 @@ PROBE_SIZE = SIGNATURE_FIELD + 16
 # cache in pieces of a few pages); the bound keeps a corrupt stream from making
 # a reader allocate gigabytes.
 MAX_RECORD = 1 << 30
+# No dump rebuilds into a file beyond this (64 PiB, more than any machine's memory).
+MAX_OUTPUT = 1 << 56
 _CHUNK = 1 << 20
 
 
@@ -90,7 +92,9 @@ def _walk(source: BinaryIO, sink: BinaryIO | None, where: str) -> StreamSummary:
         if raw == END_MARKER:
             return StreamSummary(records, output_size, consumed + len(raw), complete=True)
         offset, size = RECORD_HEADER.unpack(raw)
-        if offset < 0 or size < 0 or size > MAX_RECORD:
+        # makedumpfile writes no empty records: a zero size is a zeroed device after a
+        # cut-off stream, and accepting it walked the whole device 16 bytes at a time.
+        if offset < 0 or size <= 0 or size > MAX_RECORD or offset + size > MAX_OUTPUT:
             raise FlattenedFormatError(
                 f"{where}: record {records + 1} at stream byte {consumed} is corrupt "
                 f"(offset {offset}, size {size})"

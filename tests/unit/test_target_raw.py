@@ -239,8 +239,10 @@ def test_import_saves_records_then_invalidates(fake_root: Paths, programs: Progr
     assert (directory / "vmcore").read_bytes() == KDUMP_FILE
     assert not (directory / "vmcore-incomplete").exists()
     assert messages.entries == [("info", f"Dump saved to {directory / 'vmcore'}")]
-    data = image.read_bytes()
-    assert data[:512] == bytes(512) and data[512:1024] == stream_bytes()[512:1024]
+    # The whole stream is erased (the memory image with it), nothing after it.
+    data, stream = image.read_bytes(), stream_bytes()
+    assert data[: len(stream)] == bytes(len(stream))
+    assert data[len(stream) :] == b"\x55" * 8192
     record = raw_import.read_import_record(fake_root, print_)
     assert record == {
         "device": "/dev/kdump",
@@ -248,6 +250,7 @@ def test_import_saves_records_then_invalidates(fake_root: Paths, programs: Progr
         "directory": str(directory),
         "size": len(KDUMP_FILE),
         "sha256_first_mib": print_,
+        "stream_size": len(stream),
     }
     assert programs.calls[1] == (
         "makedumpfile", "--dump-dmesg", str(directory / "vmcore-incomplete"),
@@ -321,3 +324,53 @@ def test_a_cut_stream_never_reaches_makedumpfile(fake_root: Paths) -> None:
         raw_import.RawImportError, match="is incomplete: it breaks off after 0 records"
     ):
         raw_import.import_raw_dump(fake_root, "/dev/kdump", messages=RecordedMessages(), now=WHEN)
+
+
+# -- issue 8, finding 7: a cut stream on a zeroed device -----------------------------------
+
+
+def test_reader_stops_at_the_first_impossible_record(fake_root: Paths) -> None:
+    # Header, then zeros: every 16 zero bytes used to read as an empty record, so the
+    # reader walked the whole device (hours on a large disk) before giving up.
+    data = stream_bytes()[: flattened.HEADER_SIZE] + bytes(1 << 20)
+    reads: list[int] = []
+
+    class Counting(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            chunk = super().read(size)
+            reads.append(len(chunk))
+            return chunk
+
+    with pytest.raises(flattened.FlattenedFormatError, match="record 1 at stream byte 4096"):
+        flattened.scan(Counting(data), where="/dev/kdump")
+    assert sum(reads) == flattened.HEADER_SIZE + flattened.RECORD_HEADER.size
+
+
+def test_an_unusable_stream_is_set_aside_once_and_never_blocks(fake_root: Paths) -> None:
+    image = fake_root.under_root("/dev/kdump")
+    image.parent.mkdir(parents=True)
+    image.write_bytes(stream_bytes()[: flattened.HEADER_SIZE] + bytes(1 << 16))
+    before = image.read_bytes()
+    with pytest.raises(raw_import.UnusableStream, match="is corrupt"):
+        raw_import.import_raw_dump(fake_root, "/dev/kdump", messages=RecordedMessages(), now=WHEN)
+    (noted,) = (fake_root.state_dir / raw_import.SET_ASIDE_DIR).iterdir()
+    assert "record 1 at stream byte 4096" in noted.read_text()
+    messages = RecordedMessages()
+    result = raw_import.import_raw_dump(fake_root, "/dev/kdump", messages=messages, now=WHEN)
+    assert result is None
+    assert [level for level, _ in messages.entries] == ["info"]
+    assert image.read_bytes() == before  # set aside, not erased: it may still be examined
+
+
+def test_start_arms_over_an_unusable_stream(fake_root: Paths) -> None:
+    from kdumpd import manager
+
+    write(fake_root.kdump_conf, "raw /dev/kdump\ncore_collector makedumpfile -F -l -d 31\n")
+    image = fake_root.under_root("/dev/kdump")
+    image.parent.mkdir(parents=True)
+    image.write_bytes(stream_bytes()[:6000])
+    messages = RecordedMessages()
+    manager.import_pending_raw_dump(fake_root, messages)  # no exception: arming goes on
+    ((level, text),) = messages.entries
+    assert level == "warning"
+    assert "is incomplete" in text and "kdump is armed" in text

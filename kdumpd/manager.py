@@ -49,6 +49,7 @@ from kdumpd.messages import Messages
 from kdumpd.paths import Paths
 from kdumpd.planner import compile_full
 from kdumpd.postcrash import raw_import
+from kdumpd.targets import raw as raw_target
 from kdumpd.targets import ssh
 
 STARTING_OK = "Starting kdump: [OK]"
@@ -304,6 +305,13 @@ def import_pending_raw_dump(paths: Paths, messages: Messages) -> None:
     config = load_kdump_conf(paths).config
     if config.target is None or config.target.kind != "raw":
         return
+    # Only from the device the target names, once it passed the target's checks (a
+    # block device, not mounted, not in use): never from a file or a busy disk.
+    problems = raw_target.check_raw_device(
+        paths, config.target.value, line=config.lines.get("target", 0)
+    )
+    if problems:
+        raise ConfigError(problems)
     try:
         raw_import.import_raw_dump(
             paths,

@@ -42,6 +42,8 @@ def test_start_refuses_to_arm_over_a_dump_it_cannot_import(
         raise raw_import.RawImportError("not enough space in /var/crash for the dump on /dev/vdb")
 
     monkeypatch.setattr(raw_import, "import_raw_dump", failing_import)
+    # The tree has no block device: the target's own checks are tested in test_target_raw.
+    monkeypatch.setattr(manager.raw_target, "check_raw_device", lambda *a, **k: [])
     kexec_kernel_tracking(system, programs, 0)
     messages = RecordedMessages()
     with pytest.raises(manager.ArmingFailed):

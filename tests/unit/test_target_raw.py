@@ -362,9 +362,13 @@ def test_an_unusable_stream_is_set_aside_once_and_never_blocks(fake_root: Paths)
     assert image.read_bytes() == before  # set aside, not erased: it may still be examined
 
 
-def test_start_arms_over_an_unusable_stream(fake_root: Paths) -> None:
+def test_start_arms_over_an_unusable_stream(
+    fake_root: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from kdumpd import manager
 
+    # A regular file stands in for the device here: only the import is under test.
+    monkeypatch.setattr(manager.raw_target, "check_raw_device", lambda *a, **k: [])
     write(fake_root.kdump_conf, "raw /dev/kdump\ncore_collector makedumpfile -F -l -d 31\n")
     image = fake_root.under_root("/dev/kdump")
     image.parent.mkdir(parents=True)
@@ -374,3 +378,16 @@ def test_start_arms_over_an_unusable_stream(fake_root: Paths) -> None:
     ((level, text),) = messages.entries
     assert level == "warning"
     assert "is incomplete" in text and "kdump is armed" in text
+
+
+def test_start_imports_only_from_a_validated_block_device(fake_root: Paths) -> None:
+    from kdumpd import manager
+    from kdumpd.errors import ConfigError
+
+    write(fake_root.kdump_conf, "raw /dev/kdump\ncore_collector makedumpfile -F -l -d 31\n")
+    image = device_with_stream(fake_root)
+    before = image.read_bytes()
+    with pytest.raises(ConfigError, match="kdump.conf:1: Bad raw disk /dev/kdump: not a block"):
+        manager.import_pending_raw_dump(fake_root, RecordedMessages())
+    assert image.read_bytes() == before
+    assert not fake_root.var_crash.exists()

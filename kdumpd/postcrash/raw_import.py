@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kdumpd import proc
-from kdumpd.config.checks import resolve_under_root
+from kdumpd.config.checks import local_hostname, resolve_under_root
 from kdumpd.contract.layout import (
     DMESG,
     LOCAL_ADDRESS,
@@ -168,6 +168,27 @@ def _check_stream(location: Path, device: str) -> flattened.StreamSummary:
     return summary
 
 
+#: Where a kdump-compressed file keeps ``utsname.nodename`` (after the 8-byte
+#: signature, the 4-byte header version and the 65-byte sysname).
+_NODENAME = slice(8 + 4 + 65, 8 + 4 + 65 + 65)
+
+
+def dump_nodename(head: bytes) -> str | None:
+    """The host name the crashed kernel had, from a kdump-compressed header; None if unknown."""
+    if not head.startswith(b"KDUMP   ") or len(head) < _NODENAME.stop:
+        return None
+    name = head[_NODENAME].split(b"\0", 1)[0]
+    try:
+        text = name.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if text.isprintable() and text else None
+
+
+def _same_host(ours: str, theirs: str) -> bool:
+    return ours.split(".")[0].lower() == theirs.split(".")[0].lower()
+
+
 def _set_aside_path(paths: Paths, print_: str) -> Path:
     return paths.state_dir / SET_ASIDE_DIR / f"{print_}.json"
 
@@ -238,6 +259,15 @@ def import_raw_dump(
 
     try:
         summary = _check_stream(location, device)
+        theirs, ours = dump_nodename(summary.head), local_hostname(paths)
+        if theirs is not None and ours is not None and not _same_host(ours, theirs):
+            # A shared disk: the dump belongs to the other host; importing it here would
+            # also erase it from under its owner.
+            raise UnusableStream(
+                f"the dump stream on {device} was written by host {theirs!r}, not by this "
+                f"host ({ours!r}); it is not imported or erased here. Check that no other "
+                "machine uses the same raw device as its dump target."
+            )
     except UnusableStream as exc:
         noted = {"device": device, "found": now.isoformat(), "reason": str(exc)}
         write_atomic(aside, json.dumps(noted, indent=2).encode())

@@ -37,6 +37,8 @@ MAX_RECORD = 1 << 30
 # No dump rebuilds into a file beyond this (64 PiB, more than any machine's memory).
 MAX_OUTPUT = 1 << 56
 _CHUNK = 1 << 20
+#: How much of the rebuilt file's start a scan keeps (a kdump-compressed header).
+HEAD_BYTES = 4096
 
 
 class FlattenedFormatError(KdumpError):
@@ -54,6 +56,9 @@ class StreamSummary:
     stream_size: int
     #: The end marker was found: makedumpfile finished writing.
     complete: bool
+    #: The first :data:`HEAD_BYTES` of the file the stream rebuilds (the dump's own
+    #: header, which makedumpfile writes last), as far as the records cover them.
+    head: bytes = b""
 
 
 def is_flattened(data: bytes) -> bool:
@@ -85,12 +90,18 @@ def _walk(source: BinaryIO, sink: BinaryIO | None, where: str) -> StreamSummary:
     consumed = HEADER_SIZE
     records = 0
     output_size = 0
+    head = bytearray(HEAD_BYTES)
+    covered = 0
     while True:
         raw = _read_exact(source, RECORD_HEADER.size)
         if len(raw) < RECORD_HEADER.size:
-            return StreamSummary(records, output_size, consumed, complete=False)
+            return StreamSummary(
+                records, output_size, consumed, complete=False, head=bytes(head[:covered])
+            )
         if raw == END_MARKER:
-            return StreamSummary(records, output_size, consumed + len(raw), complete=True)
+            return StreamSummary(
+                records, output_size, consumed + len(raw), complete=True, head=bytes(head[:covered])
+            )
         offset, size = RECORD_HEADER.unpack(raw)
         # makedumpfile writes no empty records: a zero size is a zeroed device after a
         # cut-off stream, and accepting it walked the whole device 16 bytes at a time.
@@ -106,7 +117,15 @@ def _walk(source: BinaryIO, sink: BinaryIO | None, where: str) -> StreamSummary:
         while left:
             chunk = source.read(min(left, _CHUNK))
             if not chunk:
-                return StreamSummary(records, output_size, consumed, complete=False)
+                return StreamSummary(
+                    records, output_size, consumed, complete=False, head=bytes(head[:covered])
+                )
+            position = offset + size - left
+            if position < HEAD_BYTES:
+                part = chunk[: HEAD_BYTES - position]
+                head[position : position + len(part)] = part
+                if position == 0 or position <= covered:
+                    covered = max(covered, position + len(part))
             if sink is not None:
                 sink.write(chunk)
             left -= len(chunk)

@@ -69,8 +69,9 @@ def test_reassemble_applies_records_in_order() -> None:
     rebuilt = io.BytesIO()
     summary = flattened.reassemble(io.BytesIO(out.getvalue() + b"trailing junk"), rebuilt)
     assert rebuilt.getvalue() == b"aaXY\0\0\0\0bb"
+    # head: the rebuilt file's start as far as it is contiguous from byte 0
     assert summary == flattened.StreamSummary(
-        records=3, output_size=10, stream_size=len(out.getvalue()), complete=True
+        records=3, output_size=10, stream_size=len(out.getvalue()), complete=True, head=b"aaXY"
     )
 
 
@@ -391,3 +392,35 @@ def test_start_imports_only_from_a_validated_block_device(fake_root: Paths) -> N
         manager.import_pending_raw_dump(fake_root, RecordedMessages())
     assert image.read_bytes() == before
     assert not fake_root.var_crash.exists()
+
+
+def kdump_file_of(nodename: bytes) -> bytes:
+    """A kdump-compressed file whose header names the host that crashed."""
+    header = b"KDUMP   " + (6).to_bytes(4, "little") + b"Linux".ljust(65, b"\0")
+    return header + nodename.ljust(65, b"\0") + bytes(8192)
+
+
+def test_a_dump_written_by_another_host_is_neither_imported_nor_erased(
+    fake_root: Paths,
+) -> None:
+    write(fake_root.hostname, "thishost\n")
+    image = device_with_stream(fake_root, content=kdump_file_of(b"otherhost"))
+    before = image.read_bytes()
+    with pytest.raises(raw_import.UnusableStream, match="written by host 'otherhost'"):
+        raw_import.import_raw_dump(fake_root, "/dev/kdump", messages=RecordedMessages(), now=WHEN)
+    assert image.read_bytes() == before
+    assert not fake_root.var_crash.exists()
+    assert len(list((fake_root.state_dir / raw_import.SET_ASIDE_DIR).iterdir())) == 1
+
+
+def test_a_dump_of_this_host_is_imported(fake_root: Paths, programs: ProgramStub) -> None:
+    write(fake_root.hostname, "thishost\n")
+    content = kdump_file_of(b"ThisHost.example.com")
+    assert raw_import.dump_nodename(content) == "ThisHost.example.com"
+    device_with_stream(fake_root, content=content)
+    programs.expect_call("sh", fake_makedumpfile)
+    programs.expect_call("makedumpfile", dmesg_ok)
+    result = raw_import.import_raw_dump(
+        fake_root, "/dev/kdump", messages=RecordedMessages(), now=WHEN
+    )
+    assert result is not None

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdumpd.image.agent import AGENT_FILES
+
 #: Layers from the top; a module may import its own layer and the layers below it.
 #: Names are module prefixes relative to the package (``targets`` covers kdumpd.targets.*).
 LAYERS: tuple[tuple[str, ...], ...] = (
@@ -36,18 +38,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "errors", "paths", "proc", "durable", "mountinfo", "arch", "messages", "vmcore"),
 )
 _HERE = "tests/support/layers.py"
-#: The crash kernel's side: it may import only these (and itself).
+#: The crash kernel's side: it may import only the areas of the files the image
+#: carries for it (the contract, the ground, the vmcore readers, and itself).
 CAPTURE = "capture"
-CAPTURE_MAY_IMPORT: tuple[str, ...] = (
-    "capture",
-    "contract",
-    "",
-    "errors",
-    "paths",
-    "proc",
-    "durable",
-    "mountinfo",
-    "vmcore",
+CAPTURE_MAY_IMPORT: frozenset[str] = frozenset(
+    "" if name == "kdumpd/__init__.py" else name.split("/")[1].removesuffix(".py")
+    for name in AGENT_FILES
 )
 #: The contract may import only itself and the error root.
 CONTRACT_MAY_IMPORT: tuple[str, ...] = ("contract", "errors")

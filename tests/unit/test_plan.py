@@ -1,4 +1,4 @@
-"""compile_plan: kdump.conf + host facts (fake root) -> CapturePlan."""
+"""compile_full: kdump.conf + host facts (fake root) -> CapturePlan."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from kdumpd.config.kdumpconf import KdumpConfig, parse_kdump_conf
 from kdumpd.contract.plan import CapturePlan, FsTarget
 from kdumpd.errors import ConfigError
 from kdumpd.paths import Paths
-from kdumpd.planner import compile_full, compile_plan
+from kdumpd.planner import compile_full
 from tests.conftest import ProgramStub, write
 
 KVER = "6.1.0-28-amd64"
@@ -43,6 +43,10 @@ def host(paths: Paths, *extra_mounts: str) -> None:
     link(paths, f"/dev/disk/by-uuid/{VAR_UUID}", "../../vda2")
     link(paths, f"/dev/disk/by-uuid/{DUMP_UUID}", "../../vdb1")
     paths.under_root("/var/crash").mkdir(parents=True)
+
+
+def compile_plan(config: KdumpConfig, paths: Paths, *, kernel_release: str) -> CapturePlan:
+    return compile_full(config, paths, kernel_release=kernel_release).plan
 
 
 def fs_target(plan: CapturePlan) -> FsTarget:

@@ -243,11 +243,6 @@ def test_hooks_printing_bytes_or_without_interpreter_do_not_lose_the_dump(tmp_pa
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="kdumpd.proc decodes streamed output strictly; the runner fix is issue 7's (layers). "
-    "Remove this mark when it lands on main.",
-)
 def test_hook_printing_bytes_runs_to_its_exit_status(tmp_path: Path) -> None:
     done, directory, _ = run_agent_with_hooks(tmp_path)
     assert hook_results(directory)["/etc/kdump/pre.d/10-bytes"]["returncode"] == 0

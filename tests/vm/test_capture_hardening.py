@@ -46,10 +46,7 @@ def test_rollback_and_hooks_in_the_capture_image(
     guest.start()
     guest.wait_for_ssh()
     timings["boot"] = time.monotonic() - started
-    began = time.monotonic()
-    arm_guest(guest, kdumpd_deb)
-    timings["install_and_arm"] = time.monotonic() - began
-
+    # The hooks are in place before the package's first start builds the image.
     guest.ssh(
         f"mkdir -p {PRE_D} && "
         f"printf '#!/bin/sh\\nprintf \"caf\\\\351 \\\\377\\\\376\\\\n\"\\nexit 0\\n' "
@@ -58,9 +55,8 @@ def test_rollback_and_hooks_in_the_capture_image(
         f"chmod 755 {BYTES_HOOK} {NO_INTERPRETER}"
     )
     began = time.monotonic()
-    first = kdumpctl(guest, "restart")
-    timings["restart_with_hooks"] = time.monotonic() - began
-    assert first.returncode == 0, first.stdout + first.stderr
+    arm_guest(guest, kdumpd_deb)
+    timings["install_and_arm"] = time.monotonic() - began
     image_before = guest.ssh("sha256sum /var/lib/kdumpd/*kdump.img").stdout.split()[0]
 
     # The new image differs (one more hook); its load fails on the command line.

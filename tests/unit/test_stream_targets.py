@@ -159,6 +159,7 @@ def test_raw_plan_uses_the_persistent_name(
     fake_root: Paths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checked: list[str] = []
+
     def check(paths: Paths, device: str, **_: Any) -> list[Problem]:
         checked.append(device)
         return []
@@ -353,9 +354,7 @@ def test_raw_capture_writes_the_stream_to_the_device_and_nothing_else(
 
     recorder = Recorder({"makedumpfile": makedumpfile})
     monkeypatch.setattr(proc, "runner", recorder)
-    plan = CapturePlan(
-        KVER, RawTarget(device=device), ("makedumpfile", "-d", "31")
-    )
+    plan = CapturePlan(KVER, RawTarget(device=device), ("makedumpfile", "-d", "31"))
     actions: list[str] = []
     ctx = context(fake_root, vmcore, plan, actions)
     assert isinstance(ctx.sink_for(plan.target), RawDump)

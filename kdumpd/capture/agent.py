@@ -34,6 +34,7 @@ from kdumpd.capture.actions import FAILURE_ACTIONS, FINAL_ACTIONS, ActionExecuto
 from kdumpd.capture.collector import (
     CopyError,
     collector_argv,
+    collector_warnings,
     is_makedumpfile,
     sparse_copy,
 )
@@ -45,11 +46,17 @@ from kdumpd.capture.stream import StreamSink
 from kdumpd.errors import KdumpError
 from kdumpd.paths import Paths
 from kdumpd.plan import CapturePlan, TargetSpec
+from kdumpd.vmcore.dump import open_dump
 from kdumpd.vmcore.elf import read_core
+from kdumpd.vmcore.printk import read_kernel_log
 
 METADATA_FORMAT = "kdumpd-capture-metadata"
 METADATA_VERSION = 1
 _ENOSPC_TEXT = "No space left on device"
+#: metadata "dmesg.tool" when kdumpd read the kernel log itself (vmcore-dmesg and
+#: makedumpfile --dump-dmesg both failed).
+OWN_DMESG_TOOL = "kdumpd"
+_KEPT_COLLECTOR_OUTPUT = 64 * 1024
 
 Sink = fs.DumpSink | StreamSink
 SinkFactory = Callable[[TargetSpec], Sink]
@@ -317,7 +324,25 @@ def _save_dmesg(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord) -> N
             step.update(ok=True, tool=name)
             record.data["dmesg"] = {"file": fs.DMESG, "tool": name}
             return
+        # Both tools lag new kernels; our own reader of the printk buffer is the last resort.
+        try:
+            text = _own_dmesg(ctx.vmcore)
+            with out.open("w", encoding="utf-8", errors="replace") as f:
+                f.write(text)
+        except (KdumpError, OSError) as exc:
+            ctx.log.info(f"kdumpd's own kernel log reader failed: {exc}")
+        else:
+            sink.finish_file(fs.DMESG_INCOMPLETE, fs.DMESG)
+            ctx.log.info(f"saved {fs.DMESG} with kdumpd's own kernel log reader")
+            step.update(ok=True, tool=OWN_DMESG_TOOL)
+            record.data["dmesg"] = {"file": fs.DMESG, "tool": OWN_DMESG_TOOL}
+            return
         record.data["dmesg"] = {"file": fs.DMESG_INCOMPLETE, "tool": None}
+
+
+def _own_dmesg(vmcore: Path) -> str:
+    with open_dump(vmcore) as dump:
+        return read_kernel_log(dump).text()
 
 
 def _save_vmcore(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord) -> None:
@@ -338,9 +363,11 @@ def _save_vmcore(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord) -> 
             result = proc.run(argv, timeout=None, on_output=ctx.log.passthrough)
             ctx.log.keep(result.stdout + result.stderr, argv[0])
             collector["returncode"] = result.returncode
+            collector["warnings"] = collector_warnings(result.stdout + result.stderr)
             step["ok"] = True
         except proc.ProgramError as exc:
             ctx.log.keep(exc.stdout + exc.stderr, argv[0])
+            collector["warnings"] = collector_warnings(exc.stdout + exc.stderr)
             collector.update(returncode=exc.returncode, error=str(exc))
             failure: proc.ProgramError | None = exc
         else:
@@ -393,18 +420,28 @@ def _save_streams(ctx: CaptureContext, sink: StreamSink, record: DumpRecord) -> 
     record.data["collector"] = collector
     record.data["fallback"] = {"used": False, "reason": "no fallback for stream targets"}
     ctx.log.info(f"saving vmcore: {' '.join(argv)} > {sink.location}")
+    # The collector's messages only pass through to the console here: keep a bounded
+    # copy to find its warnings (the kernel-version line).
+    seen = bytearray()
+
+    def output(chunk: bytes) -> None:
+        if len(seen) < _KEPT_COLLECTOR_OUTPUT:
+            seen.extend(chunk[: _KEPT_COLLECTOR_OUTPUT - len(seen)])
+        ctx.log.passthrough(chunk)
+
     with record.step("collector") as step:
         try:
-            sink.save_stream(
-                argv, fs.VMCORE_INCOMPLETE, sink.vmcore_name, on_output=ctx.log.passthrough
-            )
+            sink.save_stream(argv, fs.VMCORE_INCOMPLETE, sink.vmcore_name, on_output=output)
         except proc.ProgramError as exc:
             ctx.log.keep(exc.stdout + exc.stderr, argv[0])
             collector.update(returncode=exc.returncode, error=str(exc))
+            collector["warnings"] = collector_warnings(exc.stdout + exc.stderr)
             raise
         except fs.TargetError as exc:
             collector["error"] = str(exc)
             raise
+        finally:
+            collector.setdefault("warnings", collector_warnings(seen.decode(errors="replace")))
         collector["returncode"] = 0
         step["ok"] = True
     record.data["vmcore"] = {"file": sink.vmcore_name or None, "location": sink.location}

@@ -159,6 +159,8 @@ def snappy_decompress(src: bytes, out_len: int) -> bytes:
             length = (tag >> 2) + 1
             if length > 60:
                 extra = length - 60
+                if ip + extra > n:
+                    raise CodecError("snappy literal length runs past the input")
                 length = int.from_bytes(src[ip : ip + extra], "little") + 1
                 ip += extra
             if ip + length > n:
@@ -166,6 +168,9 @@ def snappy_decompress(src: bytes, out_len: int) -> bytes:
             out.extend(src[ip : ip + length])
             ip += length
             continue
+        need = (0, 1, 2, 4)[kind]
+        if ip + need > n:
+            raise CodecError("snappy copy element runs past the input")
         if kind == 1:
             length = ((tag >> 2) & 7) + 4
             distance = ((tag >> 5) << 8) | src[ip]

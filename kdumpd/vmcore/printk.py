@@ -217,7 +217,7 @@ def _char_ring(dump: Dump) -> KernelLog:
     info = dump.vmcoreinfo
     buf_addr = dump.u64(info.need("symbol", "log_buf"))
     buf_len = dump.u32(info.need("symbol", "log_buf_len"))
-    end = dump.u64(info.need("symbol", "log_end"))
+    end = dump.u32(info.need("symbol", "log_end"))  # an unsigned int in those kernels
     buf = dump.read(buf_addr, buf_len)
     if end < buf_len:
         text = buf[:end]

@@ -1,5 +1,10 @@
-"""Readers and writers of crash dump files (stdlib only: the capture agent imports this).
+"""Readers of crash dump files (stdlib only: the capture agent imports them).
 
-``elf``: the ELF core of ``/proc/vmcore`` (headers, notes, VMCOREINFO).
-``synth``: a generator of synthetic ELF cores that real tools accept, for tests.
+``dump``: one entry point for every format (:func:`~kdumpd.vmcore.dump.open_dump`)
+and kernel virtual memory (x86_64 translation); ``elf``: ELF cores (/proc/vmcore);
+``kdump``: makedumpfile's kdump-compressed format; ``pagecodecs``: its page
+decompressors; ``flattened``: random access to ``makedumpfile -F`` streams;
+``vmcoreinfo``: the VMCOREINFO text; ``printk``: the kernel log of every printk
+buffer layout. ``synth`` generates synthetic ELF cores that makedumpfile and
+vmcore-dmesg accept, for tests.
 """

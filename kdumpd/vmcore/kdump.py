@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from kdumpd.errors import KdumpError
-from kdumpd.vmcore import codecs
+from kdumpd.vmcore import pagecodecs as codecs
 from kdumpd.vmcore.elf import Note, iter_notes
 
 SIGNATURE = b"KDUMP   "

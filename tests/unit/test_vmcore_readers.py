@@ -24,7 +24,7 @@ from dumpbuilders import (
     write_kdump,
 )
 
-from kdumpd.vmcore import codecs
+from kdumpd.vmcore import pagecodecs as codecs
 from kdumpd.vmcore.dump import DumpError, open_dump
 from kdumpd.vmcore.printk import KernelLogError, read_kernel_log
 from kdumpd.vmcore.vmcoreinfo import VmcoreInfo, VmcoreInfoError

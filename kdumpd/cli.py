@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from kdumpd import crashkernel, host
+from kdumpd import crashkernel, host, proc
 from kdumpd.config import (
     check_host,
     check_host_warnings,
@@ -194,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("dumps", "list the saved dumps, newest first; 'dumps show DUMP' reports one")
     sub.add_argument("action", nargs="?", choices=("show",), help="show the crash report of DUMP")
     sub.add_argument("dump", nargs="?", metavar="DUMP", help="dump directory, file or name")
+    sub = add("analyze", "open a dump in crash with its debug kernel, or print a report")
+    sub.add_argument("dump", metavar="DUMP", type=Path, help="a dump file or dump directory")
+    sub.add_argument(
+        "--report",
+        action="store_true",
+        help="print tasks, backtraces and memory (drgn) instead of starting crash",
+    )
+    sub.add_argument(
+        "--vmlinux", metavar="FILE", type=Path, help="the debug kernel (default: searched)"
+    )
     return parser
 
 
@@ -570,6 +580,31 @@ def _human_size(size: int) -> str:
     return f"{size} B"
 
 
+def cmd_analyze(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl analyze DUMP [--report]: crash with the right vmlinux, or a drgn report."""
+    from kdumpd.postcrash import analyze
+    from kdumpd.postcrash.dumps import find_dump
+    from kdumpd.vmcore.dump import open_dump
+
+    path = find_dump(args.dump)
+    with open_dump(path) as dump:
+        release = dump.osrelease
+        build_id = dump.vmcoreinfo.build_id
+    debug = analyze.find_debug_kernel(ctx.paths, release, build_id, explicit=args.vmlinux)
+    ctx.messages.info(f"debug kernel: {debug.path} ({debug.how})")
+    if args.report:
+        result = analyze.report(path, debug.path, release or "unknown")
+        if ctx.json:
+            ctx.emit({"command": "analyze", "dump": str(path), "report": result.to_json()})
+        else:
+            ctx.stdout.write(result.to_text())
+        return ExitCode.OK
+    if ctx.json:
+        raise UsageError("kdumpctl analyze: --json needs --report (crash is interactive)")
+    proc.run(analyze.crash_argv(debug.path, path), interactive=True, timeout=None)
+    return ExitCode.OK
+
+
 Command = Callable[[Context, argparse.Namespace], int]
 
 COMMANDS: dict[str, Command] = {
@@ -583,6 +618,7 @@ COMMANDS: dict[str, Command] = {
     **dict.fromkeys(PENDING_COMMANDS, cmd_pending),
     "dmesg": cmd_dmesg,
     "dumps": cmd_dumps,
+    "analyze": cmd_analyze,
 }
 
 

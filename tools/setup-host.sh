@@ -16,6 +16,8 @@ packages=(
     kexec-tools makedumpfile dracut-core cpio zstd e2fsprogs
     # vmcore reader tests: page encoders (the reader itself is stdlib only; zstd optional)
     python3-lzo python3-snappy python3-zstandard
+    # kdumpctl analyze --report on the VM scenario's dump (crash: analyze without --report)
+    python3-drgn crash
     # integration tests: real processes
     dbus openssh-server openssh-client
     # VM harness and the Debian package

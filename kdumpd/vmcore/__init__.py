@@ -5,6 +5,6 @@ and kernel virtual memory (x86_64 translation); ``elf``: ELF cores (/proc/vmcore
 ``kdump``: makedumpfile's kdump-compressed format; ``pagecodecs``: its page
 decompressors; ``flattened``: random access to ``makedumpfile -F`` streams;
 ``vmcoreinfo``: the VMCOREINFO text; ``printk``: the kernel log of every printk
-buffer layout. ``synth`` generates synthetic ELF cores that makedumpfile and
-vmcore-dmesg accept, for tests.
+buffer layout. Synthetic dumps for tests are built by tests/synthcore.py and
+tests/dumpbuilders.py.
 """

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from synthcore import CoreSpec, generate_core
 
 from kdumpd.capture.agent import CaptureContext, run_capture
 from kdumpd.capture.log import CaptureLog
 from kdumpd.paths import Paths
 from kdumpd.plan import CapturePlan
 from kdumpd.vmcore.elf import read_core
-from kdumpd.vmcore.synth import CoreSpec, generate_core
 
 pytestmark = [
     pytest.mark.integration,

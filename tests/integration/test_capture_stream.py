@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from sshd import LoopbackSshd, running_sshd
+from synthcore import CoreSpec, generate_core
 
 from kdumpd import flattened
 from kdumpd.capture.agent import CaptureContext, run_capture
@@ -28,7 +29,6 @@ from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
 from kdumpd.plan import CapturePlan, SshSpec, TargetSpec
 from kdumpd.targets import raw
-from kdumpd.vmcore.synth import CoreSpec, generate_core
 
 pytestmark = [
     pytest.mark.integration,

@@ -11,12 +11,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from synthcore import generate_core
 
 from kdumpd import flattened
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
 from kdumpd.targets import raw
-from kdumpd.vmcore.synth import generate_core
 
 pytestmark = [
     pytest.mark.integration,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sshd import LoopbackSshd, free_port, running_sshd
+from synthcore import generate_core
 
 from kdumpd import flattened, proc
 from kdumpd.config import parse_kdump_conf
@@ -18,7 +19,6 @@ from kdumpd.errors import ConfigError
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
 from kdumpd.targets import ssh
-from kdumpd.vmcore.synth import generate_core
 
 pytestmark = pytest.mark.integration
 

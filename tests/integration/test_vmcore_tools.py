@@ -12,11 +12,11 @@ from dumpbuilders import (
     sample_lines,
     write_elf,
 )
+from synthcore import CoreSpec, generate_core
 
 from kdumpd import proc
 from kdumpd.vmcore.dump import open_dump
 from kdumpd.vmcore.printk import read_kernel_log
-from kdumpd.vmcore.synth import CoreSpec, generate_core
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from synthcore import CoreSpec, generate_core
 
 from kdumpd import proc
 from kdumpd.capture import fs
@@ -18,7 +19,6 @@ from kdumpd.capture.agent import CaptureContext, run_capture, run_error_handler
 from kdumpd.capture.log import CaptureLog
 from kdumpd.paths import Paths
 from kdumpd.plan import CapturePlan, MountSpec, TargetSpec
-from kdumpd.vmcore.synth import CoreSpec, generate_core
 from tests.conftest import ProgramStub, write
 
 WHEN = datetime(2024, 6, 23, 21, 27, 26)

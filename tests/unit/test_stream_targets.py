@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from synthcore import CoreSpec, generate_core
 
 from kdumpd import proc
 from kdumpd.capture import fs
@@ -23,7 +24,6 @@ from kdumpd.initramfs import NETWORK_FILE_IN_IMAGE, dracut_argv, stage_target_fi
 from kdumpd.paths import Paths
 from kdumpd.plan import CapturePlan, MountSpec, NetworkSpec, SshSpec, TargetSpec, compile_full
 from kdumpd.targets import network, raw
-from kdumpd.vmcore.synth import CoreSpec, generate_core
 from tests.conftest import ProgramStub, write
 
 KVER = "6.1.0-28-amd64"

@@ -20,17 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from kdumpd.config.kdumpconf import KdumpConfig
+from kdumpd.contract.layout import (
+    DMESG,
+    DMESG_INCOMPLETE,
+    METADATA,
+    VMCORE,
+    VMCORE_FLAT,
+    VMCORE_INCOMPLETE,
+)
 from kdumpd.errors import KdumpError
 from kdumpd.paths import Paths
-from kdumpd.report import CrashReport, triage
+from kdumpd.postcrash.report import CrashReport, triage
 from kdumpd.vmcore.dump import DumpError, open_dump
 from kdumpd.vmcore.printk import KernelLogError, read_kernel_log
 
-METADATA = "kdumpd-metadata.json"
-DMESG = "vmcore-dmesg.txt"
-DMESG_INCOMPLETE = "vmcore-dmesg-incomplete.txt"
 #: Dump file names, the finished ones first.
-VMCORE_NAMES = ("vmcore", "vmcore.flat", "vmcore-incomplete", "vmcore.flat-incomplete")
+VMCORE_NAMES = (VMCORE, VMCORE_FLAT, VMCORE_INCOMPLETE)
 _DIR_TIME = re.compile(r"-(\d{4}-\d\d-\d\d-\d\d:\d\d:\d\d)$")
 _FS_KINDS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "minix"})
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dumpbuilders import (
+
+from kdumpd import proc
+from kdumpd.vmcore.dump import open_dump
+from kdumpd.vmcore.printk import read_kernel_log
+from tests.support.dumpbuilders import (
     LAYOUT_5_11,
     new_image,
     put_lockless_ring,
     sample_lines,
     write_elf,
 )
-from synthcore import CoreSpec, generate_core
-
-from kdumpd import proc
-from kdumpd.vmcore.dump import open_dump
-from kdumpd.vmcore.printk import read_kernel_log
+from tests.support.synth import CoreSpec, generate_core
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from synthcore import CoreSpec, generate_core
 
 from kdumpd.capture.collector import collector_argv, sparse_copy
+from tests.support.synth import CoreSpec, generate_core
 
 DEFAULT = ("makedumpfile", "-l", "--message-level", "7", "-d", "31")
 

@@ -8,7 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from dumpbuilders import (
+
+from kdumpd import cli, proc
+from kdumpd.paths import Paths
+from kdumpd.postcrash.analyze import DebugKernelMissing, elf_build_id, find_debug_kernel
+from tests.conftest import ProgramStub, write
+from tests.support.dumpbuilders import (
     BUILD_ID,
     LAYOUT_5_11,
     new_image,
@@ -16,11 +21,6 @@ from dumpbuilders import (
     sample_lines,
     write_kdump,
 )
-
-from kdumpd import cli, proc
-from kdumpd.paths import Paths
-from kdumpd.postcrash.analyze import DebugKernelMissing, elf_build_id, find_debug_kernel
-from tests.conftest import ProgramStub, write
 
 X86 = os.uname_result(("Linux", "host", "6.1.0-28-amd64", "#1 SMP", "x86_64"))
 RELEASE = "6.1.0-test-amd64"

@@ -7,7 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
-from dumpbuilders import (
+
+from kdumpd import cli
+from kdumpd.config.kdumpconf import DumpTarget, KdumpConfig
+from kdumpd.paths import Paths
+from kdumpd.postcrash.dumps import crash_report, dump_roots, list_dumps
+from tests.conftest import write
+from tests.support.dumpbuilders import (
     LAYOUT_5_11,
     new_image,
     put_lockless_ring,
@@ -15,12 +21,6 @@ from dumpbuilders import (
     write_elf,
     write_kdump,
 )
-
-from kdumpd import cli
-from kdumpd.config.kdumpconf import DumpTarget, KdumpConfig
-from kdumpd.paths import Paths
-from kdumpd.postcrash.dumps import crash_report, dump_roots, list_dumps
-from tests.conftest import write
 
 X86 = os.uname_result(("Linux", "host", "6.1.0-28-amd64", "#1 SMP", "x86_64"))
 PANIC = "Kernel panic - not syncing: sysrq triggered crash"

@@ -6,7 +6,6 @@ import struct
 from pathlib import Path
 
 import pytest
-from synthcore import KERNEL_PADDR, PAGE_SIZE, CoreSpec, generate_core
 
 from kdumpd.vmcore.elf import (
     NT_PRSTATUS,
@@ -17,6 +16,7 @@ from kdumpd.vmcore.elf import (
     read_physical,
     vmcoreinfo_number,
 )
+from tests.support.synth import KERNEL_PADDR, PAGE_SIZE, CoreSpec, generate_core
 
 
 def test_reader_finds_notes_vmcoreinfo_and_loads(tmp_path: Path) -> None:

@@ -6,7 +6,12 @@ import importlib
 from pathlib import Path
 
 import pytest
-from dumpbuilders import (
+
+from kdumpd.vmcore import pagecodecs as codecs
+from kdumpd.vmcore.dump import DumpError, open_dump
+from kdumpd.vmcore.printk import KernelLogError, read_kernel_log
+from kdumpd.vmcore.vmcoreinfo import VmcoreInfo, VmcoreInfoError
+from tests.support.dumpbuilders import (
     BUILD_ID,
     CODECS,
     LAYOUT_5_10,
@@ -23,11 +28,6 @@ from dumpbuilders import (
     write_flattened,
     write_kdump,
 )
-
-from kdumpd.vmcore import pagecodecs as codecs
-from kdumpd.vmcore.dump import DumpError, open_dump
-from kdumpd.vmcore.printk import KernelLogError, read_kernel_log
-from kdumpd.vmcore.vmcoreinfo import VmcoreInfo, VmcoreInfoError
 
 
 def _ring_image(layout_name: str) -> tuple[Image, str]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdumpd import flattened
+from tests.support import flattened_writer
 
 PAGE = 4096
 START_KERNEL_MAP = 0xFFFFFFFF80000000
@@ -515,5 +515,5 @@ def write_flattened(source: Path, path: Path, *, piece: int = 3000, seed: int = 
     random.Random(seed).shuffle(pieces)
     pieces.insert(0, (100, b"\xaa" * 500))
     with path.open("wb") as out:
-        flattened.write_stream(pieces, out)
+        flattened_writer.write_stream(pieces, out)
     return path

@@ -338,6 +338,20 @@ def _save_dmesg(ctx: CaptureContext, sink: FileSink, record: DumpRecord) -> None
         record.data["dmesg"] = {"file": DMESG_INCOMPLETE, "tool": None}
 
 
+def _stream_own_dmesg(
+    ctx: CaptureContext, sink: StreamSink, record: DumpRecord, step: dict[str, Any]
+) -> None:
+    """vmcore-dmesg failed on a stream target that keeps files: send our reader's log."""
+    try:
+        sink.write_small_file(DMESG, _own_dmesg(ctx.vmcore).encode())
+    except (KdumpError, OSError) as exc:
+        ctx.log.info(f"kdumpd's own kernel log reader failed: {exc}")
+        return
+    ctx.log.info(f"saved {DMESG} with kdumpd's own kernel log reader")
+    step.update(ok=True, tool=OWN_DMESG_TOOL)
+    record.data["dmesg"] = {"file": DMESG, "tool": OWN_DMESG_TOOL}
+
+
 def _own_dmesg(vmcore: Path) -> str:
     with open_dump(vmcore) as dump:
         return read_kernel_log(dump).text()
@@ -403,6 +417,7 @@ def _save_streams(ctx: CaptureContext, sink: StreamSink, record: DumpRecord) -> 
             except (proc.ProgramError, TargetError) as exc:
                 ctx.log.info(f"vmcore-dmesg failed: {exc}")
                 record.data["dmesg"] = {"file": DMESG_INCOMPLETE, "tool": None}
+                _stream_own_dmesg(ctx, sink, record, step)
             else:
                 ctx.log.info(f"saved {DMESG} with vmcore-dmesg")
                 step.update(ok=True, tool="vmcore-dmesg")

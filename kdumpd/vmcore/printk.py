@@ -4,10 +4,10 @@ Layouts, told apart by what VMCOREINFO exports (never by kernel version, as
 distributions backport):
 
 * lockless ring buffer (``SYMBOL(prb)``; Linux 5.10 and later): descriptors with
-  a state word and text block positions, record metadata (``printk_info``) in its
-  own array (``OFFSET(prb_desc_ring.infos)``, since 5.11: commit "printk: move
-  dictionary keys to dev_printk_info" removed the dict ring and split infos out)
-  or embedded in each descriptor (``OFFSET(prb_desc.info)``, 5.10 only);
+  a state word and text block positions, and the record metadata (``printk_info``)
+  either in its own array (``OFFSET(prb_desc_ring.infos)``, since kernel commit
+  "printk: move printk_info into separate array") or, in the first version of the
+  ring, inside each descriptor (``OFFSET(prb_desc.info)``);
 * variable-length records (``SYMBOL(log_buf)`` with ``SIZE(printk_log)`` or
   ``SIZE(log)``; Linux 3.5-5.9), walked from ``log_first_idx`` to ``log_next_idx``;
 * a plain character ring (``SYMBOL(log_end)``; before 3.5).

@@ -470,6 +470,13 @@ def cmd_analyze(ctx: Context, args: argparse.Namespace) -> int:
     with open_dump(path) as dump:
         release = dump.osrelease
         build_id = dump.vmcoreinfo.build_id
+        flattened = dump.flattened
+    if args.report and flattened:
+        # libkdumpfile before 0.5.3 (Debian 12 has 0.5.1), under drgn, cannot read streams.
+        raise analyze.AnalysisError(
+            f"{path} is a flattened stream, which drgn here cannot read: rebuild it with "
+            f"'makedumpfile -R {path.parent}/vmcore < {path}' and analyze that file"
+        )
     debug = analyze.find_debug_kernel(ctx.paths, release, build_id, explicit=args.vmlinux)
     ctx.messages.info(f"debug kernel: {debug.path} ({debug.how})")
     if args.report:

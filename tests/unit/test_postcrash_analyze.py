@@ -125,3 +125,14 @@ def test_kdumpctl_analyze_opens_crash(
     assert code == 0
     assert programs.calls == [("crash", str(vmlinux), str(dump_file))]
     assert "debug kernel: " in capsys.readouterr().err
+
+
+def test_kdumpctl_analyze_report_refuses_a_flattened_stream(
+    fake_root: Paths, dump_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.support.dumpbuilders import write_flattened
+
+    flat = write_flattened(dump_file, tmp_path / "vmcore.flat")
+    code = cli.main(["--root", str(fake_root.root), "analyze", "--report", str(flat)], uname=X86)
+    assert code == 1
+    assert "makedumpfile -R" in capsys.readouterr().err

@@ -143,7 +143,11 @@ class Dump:
     def read_physical(self, paddr: int, size: int) -> bytes:
         parts: list[bytes] = []
         while size > 0:
-            chunk = self._read_physical_piece(paddr, size)
+            try:
+                chunk = self._read_physical_piece(paddr, size)
+            except (OSError, ValueError, OverflowError) as exc:
+                # A corrupt header can point reads anywhere: say where, not a traceback.
+                raise DumpError(f"{self.path}: cannot read physical {paddr:#x}: {exc}") from exc
             parts.append(chunk)
             paddr += len(chunk)
             size -= len(chunk)

@@ -208,8 +208,11 @@ class KdumpFile:
             raise PageMissing(
                 f"{self.where}: page frame {pfn:#x} was lost (the dump is incomplete)"
             )
-        if size > self.page_size * 2:
-            raise KdumpFormatError(f"{self.where}: page frame {pfn:#x} has size {size}")
+        if size > self.page_size * 2 or offset < 0:
+            raise KdumpFormatError(
+                f"{self.where}: the descriptor of page frame {pfn:#x} is corrupt "
+                f"(offset {offset}, size {size})"
+            )
         self.f.seek(offset)
         data = self.f.read(size)
         if len(data) < size:

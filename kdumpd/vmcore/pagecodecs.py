@@ -215,7 +215,10 @@ def _zstd(src: bytes, out_len: int) -> bytes:
             "this dump has zstd-compressed pages and this Python has no zstd decoder: "
             "install python3-zstandard (Debian) or the zstandard package"
         )
-    data = module.ZstdDecompressor().decompress(src, max_output_size=out_len)
+    try:
+        data = module.ZstdDecompressor().decompress(src, max_output_size=out_len)
+    except module.ZstdError as exc:
+        raise CodecError(f"zstd page is corrupt: {exc}") from exc
     return bytes(data)
 
 

@@ -96,7 +96,9 @@ def _lockless(dump: Dump) -> KernelLog:
     tail_id = dump.u64(desc_ring + info.need("offset", "prb_desc_ring.tail_id"))
     size_bits = dump.u32(text_ring + info.need("offset", "prb_data_ring.size_bits"))
     data_addr = dump.u64(text_ring + info.need("offset", "prb_data_ring.data"))
-    if count_bits > 30 or size_bits > 34:
+    # The kernel sizes the ring from log_buf_len (at most 2 GiB) with one descriptor per
+    # 32 bytes of text on average; anything larger is a corrupt ring, not a big log.
+    if size_bits > 31 or count_bits > size_bits:
         raise KernelLogError(
             f"{dump.path}: implausible ring sizes (2^{count_bits} descriptors, "
             f"2^{size_bits} text bytes)"

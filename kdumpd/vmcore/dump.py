@@ -91,7 +91,12 @@ class Dump:
             self.notes = self._elf.notes
             self.machine = _ELF_MACHINES.get(self._elf.machine, f"ELF machine {self._elf.machine}")
         self.vmcoreinfo = VmcoreInfo.from_text(text, f"{where} (VMCOREINFO)")
-        self.page_size = self.vmcoreinfo.page_size or 4096
+        page_size = self.vmcoreinfo.page_size
+        if self._kdump is not None:
+            page_size = self._kdump.page_size  # checked to be a sane power of two
+        if not page_size or page_size < 1024 or page_size > 1 << 20 or page_size & (page_size - 1):
+            page_size = 4096  # a damaged PAGESIZE must not make the page loops spin
+        self.page_size = page_size
 
     def close(self) -> None:
         self._file.close()
@@ -148,6 +153,8 @@ class Dump:
             except (OSError, ValueError, OverflowError) as exc:
                 # A corrupt header can point reads anywhere: say where, not a traceback.
                 raise DumpError(f"{self.path}: cannot read physical {paddr:#x}: {exc}") from exc
+            if not chunk:
+                raise DumpError(f"{self.path}: physical {paddr:#x} reads as nothing")
             parts.append(chunk)
             paddr += len(chunk)
             size -= len(chunk)

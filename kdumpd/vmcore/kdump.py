@@ -24,6 +24,7 @@ SIGNATURE = b"KDUMP   "
 _UTS_FIELD = 65
 _PAGE_DESC = 24
 _CHUNK_BYTES = 4096  # bitmap bytes per precomputed rank
+_MAX_NOTES = 64 << 20
 _32BIT_MACHINES = ("i386", "i486", "i586", "i686", "arm", "armv7l", "mips", "ppc")
 
 
@@ -143,6 +144,9 @@ class KdumpFile:
         bs = h.block_size
         half = h.bitmap_blocks // 2 * bs
         bitmap_start = (1 + h.sub_hdr_size) * bs
+        file_size = f.seek(0, 2)
+        if h.sub_hdr_size < 0 or bitmap_start + 2 * half > file_size:
+            raise KdumpFormatError(f"{where}: the file ends inside its bitmaps")
         f.seek(bitmap_start)
         self._bitmap1 = f.read(half)
         self._bitmap2 = f.read(half)
@@ -156,13 +160,24 @@ class KdumpFile:
             self._ranks.append(self._ranks[-1] + int.from_bytes(chunk, "little").bit_count())
         self.notes: tuple[Note, ...] = ()
         if h.offset_note and h.size_note:
-            f.seek(h.offset_note)
-            self.notes = tuple(iter_notes(f.read(h.size_note), h.byte_order))
+            self.notes = tuple(
+                iter_notes(self._region(h.offset_note, h.size_note, file_size), h.byte_order)
+            )
         self.vmcoreinfo_text = ""
         if h.offset_vmcoreinfo and h.size_vmcoreinfo:
-            f.seek(h.offset_vmcoreinfo)
-            self.vmcoreinfo_text = f.read(h.size_vmcoreinfo).decode("ascii", errors="replace")
+            raw = self._region(h.offset_vmcoreinfo, h.size_vmcoreinfo, file_size)
+            self.vmcoreinfo_text = raw.decode("ascii", errors="replace")
         self._cache: dict[int, bytes] = {}
+
+    def _region(self, offset: int, size: int, file_size: int) -> bytes:
+        # Notes are a few KiB: a size beyond the file or 64 MiB is a damaged header.
+        if offset < 0 or size > _MAX_NOTES or offset + size > file_size:
+            raise KdumpFormatError(
+                f"{self.where}: the header points at {size} bytes at offset {offset}, "
+                "outside the file"
+            )
+        self.f.seek(offset)
+        return self.f.read(size)
 
     @property
     def page_size(self) -> int:

@@ -242,6 +242,8 @@ def decompress(flags: int, data: bytes, page_size: int) -> bytes:
     """One page from its stored bytes and page_desc.flags (0: stored raw)."""
     kind = flags & COMPRESSION_MASK
     if kind == 0:
+        if len(data) != page_size:
+            raise CodecError(f"a page stored raw has {len(data)} bytes, not {page_size}")
         return data
     decoder = _DECODERS.get(kind)
     if decoder is None:

@@ -219,3 +219,31 @@ def test_missing_zstd_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> N
     assert not codecs.zstd_available()
     with pytest.raises(codecs.CodecMissing, match="python3-zstandard"):
         codecs.decompress(0x20, b"\x28\xb5\x2f\xfd", 4096)
+
+
+def test_damaged_dumps_end_in_errors_not_tracebacks(tmp_path: Path) -> None:
+    """Random byte damage and truncation: every outcome is a log or a KdumpError."""
+    import random
+
+    from kdumpd.errors import KdumpError
+
+    image, _ = _ring_image("5.11+")
+    sources = [write_kdump(image, tmp_path / c, c) for c in ("lzo", "snappy", "zlib")]
+    sources.append(write_flattened(sources[0], tmp_path / "f"))
+    rng = random.Random(5)
+    outcomes = {"log": 0, "error": 0}
+    for n in range(60):
+        data = bytearray(sources[n % len(sources)].read_bytes())
+        for _ in range(rng.randrange(1, 12)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if n % 5 == 0:
+            data = data[: rng.randrange(len(data))]
+        damaged = tmp_path / "damaged"
+        damaged.write_bytes(bytes(data))
+        try:
+            with open_dump(damaged) as dump:
+                read_kernel_log(dump).text()
+            outcomes["log"] += 1
+        except KdumpError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 0 and sum(outcomes.values()) == 60

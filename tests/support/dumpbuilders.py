@@ -399,8 +399,8 @@ def write_elf(image: Image, path: Path) -> Path:
 
 def _encoders() -> dict[str, tuple[int, Callable[[bytes], bytes]]]:
     import lzo  # type: ignore[import-not-found]
-    import snappy  # type: ignore[import-not-found]
-    import zstandard  # type: ignore[import-not-found]
+    import snappy  # type: ignore[import-untyped]
+    import zstandard
 
     return {
         "raw": (0, lambda page: page),

@@ -194,7 +194,7 @@ def test_vmcoreinfo_accessors() -> None:
 
 def test_codecs_round_trip_and_refuse_garbage() -> None:
     import lzo  # type: ignore[import-not-found]
-    import snappy  # type: ignore[import-not-found]
+    import snappy  # type: ignore[import-untyped]
 
     page = (b"kernel data \x00\x01" * 400)[:4096]
     assert codecs.decompress(0x2, lzo.compress(page, 1, False), 4096) == page

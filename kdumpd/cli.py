@@ -26,14 +26,11 @@ from typing import Any, NoReturn, TextIO
 
 from kdumpd import crashkernel, host
 from kdumpd.config import (
-    check_host,
-    check_host_warnings,
     load_kdump_conf,
     load_sysconfig,
 )
 from kdumpd.config.sysconfig import SysConfig, canonical_arch
 from kdumpd.errors import (
-    ConfigError,
     ExitCode,
     KdumpError,
     Problem,
@@ -353,28 +350,10 @@ def cmd_estimate(ctx: Context, args: argparse.Namespace) -> int:
 def collect_config_problems(
     paths: Paths, arch: str, override: Path | None
 ) -> tuple[list[Problem], list[Problem]]:
-    """Every error and warning of kdump.conf, the host checks and the variables file.
+    """Every error and warning of the configuration (kdumpd.manager.check_config)."""
+    from kdumpd import manager
 
-    Reads files only; starts no program. Returns ``(errors, warnings)``.
-    """
-    errors: list[Problem] = []
-    warnings: list[Problem] = []
-    try:
-        parsed = load_kdump_conf(paths, override)
-    except ConfigError as exc:
-        errors.extend(exc.problems)
-    else:
-        warnings.extend(parsed.warnings)
-        source = _display_name(paths, override if override is not None else paths.kdump_conf)
-        errors.extend(check_host(parsed.config, paths, source))
-        warnings.extend(check_host_warnings(parsed.config, paths, source))
-    try:
-        _, problems = load_sysconfig(paths, arch)
-    except ConfigError as exc:
-        errors.extend(exc.problems)
-    else:
-        warnings.extend(problems)
-    return errors, warnings
+    return manager.check_config(paths, arch, override)
 
 
 def _display_name(paths: Paths, location: Path) -> str:

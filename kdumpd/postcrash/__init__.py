@@ -1,0 +1,1 @@
+"""The next boot: finding dumps saved since the last run, their reports, and retention."""

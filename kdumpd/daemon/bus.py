@@ -8,7 +8,6 @@ Who may call what is the bus policy's job (``dbus/org.kdumpd1.conf``).
 Also the client side that kdumpctl uses to reach a running daemon.
 """
 
-
 from typing import Any
 
 from dasbus.connection import SystemMessageBus
@@ -239,6 +238,10 @@ class Client:
         except Exception:
             return False
         return bool(owner)
+
+    def last_error(self) -> str:
+        """The daemon's LastError: empty, or a rejected edit's problems."""
+        return str(self.proxy.LastError)
 
     def call(self, command: str) -> tuple[list[str], str | None]:
         """Run a use case in the daemon: (lines, None) or (lines, error name)."""

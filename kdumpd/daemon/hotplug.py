@@ -32,7 +32,9 @@ class HotplugWatch:
         for subsystem in SUBSYSTEMS:
             monitor.filter_by(subsystem)
         monitor.start()
-        self._source = GLib.io_add_watch(monitor.fileno(), GLib.IO_IN, self._readable)
+        self._source = GLib.io_add_watch(
+            monitor.fileno(), GLib.PRIORITY_DEFAULT, GLib.IO_IN, self._readable
+        )
 
     @classmethod
     def from_udev(cls, debouncer: Debouncer) -> HotplugWatch:

@@ -5,7 +5,9 @@ enable --now kdump.service`` arms and ``is-enabled kdump`` says enabled;
 ``systemctl show -p StatusText kdumpd`` says armed; ``path`` edited with no
 systemctl or kdumpctl call moves the next dump; a broken edit keeps kdump
 armed; after the crash and reboot the journal holds the dump-found entry with
-the panic line and the report exists beside the dump.
+the panic line and the report exists beside the dump. Before the crash, memory
+hot-added through the QEMU monitor (a 512M DIMM: four memory blocks, a burst of
+udev events) gives exactly one reload.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from scenario import PANIC_LINE, check_local_dump, crash_and_wait
 ARMED_ID = "0d66d7937e2e42a1b9f38f8ccd6502bf"
 REJECTED_ID = "5bcae3c1c89e423d926d2fee647ae56d"
 DUMP_FOUND_ID = "c060234994744ddba6923abd9b6edeb5"
+HOTPLUG_ID = "530df6ae08d64e2a93f051fcfebff709"
 CONF = "path /var/crash\ncore_collector makedumpfile -l --message-level 7 -d 31\n"
 
 
@@ -46,7 +49,7 @@ def _write_conf(guest: Guest, text: str) -> None:
 def test_daemon_arms_follows_edits_and_reports_the_dump(
     make_guest: Callable[..., Guest], kdumpd_deb: str
 ) -> None:
-    guest = make_guest()
+    guest = make_guest(hotplug_maxmem="4G")
     guest.start()
     guest.wait_for_ssh()
     guest.copy_to(kdumpd_deb, "/tmp/kdumpd.deb")
@@ -81,7 +84,21 @@ def test_daemon_arms_follows_edits_and_reports_the_dump(
     status = guest.ssh("kdumpctl status", check=False)
     assert "/etc/kdump.conf:3:" in status.stderr, status.stderr
 
+    # memory hot-add: the blocks appear (and are onlined) one by one; one reload
+    blocks = guest.ssh("ls -d /sys/devices/system/memory/memory* | wc -l").stdout.strip()
+    guest.hot_add_memory("512M")
+    reloads = _wait_entries(guest, HOTPLUG_ID, 1)
+    after = guest.ssh("ls -d /sys/devices/system/memory/memory* | wc -l").stdout.strip()
+    assert int(after) > int(blocks), (blocks, after)
+    assert len(reloads) == 1, reloads
+    assert guest.ssh("cat /sys/kernel/kexec_crash_loaded").stdout.strip() == "1"
+
     crash_and_wait(guest)
+    # the whole crashed boot held exactly one hotplug reload (the burst settled once)
+    hotplug_boot = guest.ssh(
+        f"journalctl -b -1 -o cat MESSAGE_ID={HOTPLUG_ID} --no-pager", check=False
+    ).stdout.split("\n")
+    assert len([line for line in hotplug_boot if line.strip()]) == 1, hotplug_boot
     dump = check_local_dump(guest, "/var/crash2")
     found = _wait_entries(guest, DUMP_FOUND_ID, 1, timeout=600)
     assert found and dump in found[-1] and PANIC_LINE in found[-1], found

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kdumpd import cmdline as capture_cmdline
 from kdumpd import host, initramfs, kexec
@@ -36,6 +36,9 @@ from kdumpd.errors import ConfigError, ExitCode, KdumpError, Problem, user_messa
 from kdumpd.messages import Messages
 from kdumpd.paths import Paths
 from kdumpd.plan import CapturePlan, compile_full
+
+if TYPE_CHECKING:
+    from kdumpd.targets.raw import RawImport
 
 STARTING_OK = "Starting kdump: [OK]"
 STARTING_FAILED = "Starting kdump: [FAILED]"
@@ -346,18 +349,19 @@ def ssh_preflight(paths: Paths, messages: Messages, plan: CapturePlan) -> None:
             )
 
 
-def import_pending_raw_dump(paths: Paths, messages: Messages) -> None:
+def import_pending_raw_dump(paths: Paths, messages: Messages) -> RawImport | None:
     """Bring a dump home from a raw target before anything may overwrite it (§5.6).
 
     Raises (and so fails the start) when a pending dump cannot be saved: the
     device holds its only copy, and arming would let the next crash destroy it.
+    Returns what was imported, or None.
     """
     config = load_kdump_conf(paths).config
     if config.target is None or config.target.kind != "raw":
-        return
+        return None
     from kdumpd.targets import raw
 
-    raw.import_raw_dump(
+    return raw.import_raw_dump(
         paths,
         config.target.value,
         messages=messages,

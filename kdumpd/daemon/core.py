@@ -198,6 +198,7 @@ class Core:
         """Arm at service start; False (the unit fails) when arming failed."""
         messages = JournalMessages(self.journal)
         self._set(BUILDING)
+        self._import_raw(messages)
         try:
             manager.start(self.paths, messages, loader=self.loader)
         except manager.ArmingFailed as exc:
@@ -216,6 +217,26 @@ class Core:
         self._refresh_loaded()
         self.journal.event("armed", f"kdump armed: {self.status_text()}", priority=INFO)
         return True
+
+    def _import_raw(self, messages: JournalMessages) -> None:
+        """Bring a raw-device dump home first, and say so with its own journal entry.
+
+        A failure is left to the start that follows: it imports again, reports
+        why and fails (the device holds the only copy of that dump).
+        """
+        try:
+            with manager.instance_lock(self.paths, messages):
+                imported = manager.import_pending_raw_dump(self.paths, messages)
+        except KdumpError:
+            return
+        if imported is not None:
+            shown = "/" + str(imported.directory.relative_to(self.paths.root))
+            self.journal.event(
+                "raw-imported",
+                f"dump imported from the raw dump device into {shown}",
+                priority=INFO,
+                kdumpd_dump=shown,
+            )
 
     def call(self, command: str) -> list[str]:
         """Run a use case for a D-Bus caller; return its lines, or raise CallFailed with them."""

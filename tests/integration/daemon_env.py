@@ -116,12 +116,15 @@ class DaemonEnv:
 
     def start_daemon(self) -> None:
         notify_path = self.base / "notify.sock"
+        if self.notify is not None:
+            self.notify.close()
+        notify_path.unlink(missing_ok=True)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(notify_path))
         env = self.env()
         env["NOTIFY_SOCKET"] = str(notify_path)
         self.stderr_path = self.base / "kdumpd.stderr"
-        with self.stderr_path.open("wb") as err:
+        with self.stderr_path.open("ab") as err:
             self.daemon = subprocess.Popen(
                 [sys.executable, "-m", "kdumpd.daemon.main", "--root", str(self.root)],
                 env=env,

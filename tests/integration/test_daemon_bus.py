@@ -7,7 +7,10 @@ the fix, and kdumpctl going through the daemon.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -230,3 +233,34 @@ def test_kdumpctl_goes_through_the_daemon(env: DaemonEnv) -> None:
     assert status.returncode == 0, status.stderr
     assert prop(env, "State") == "not-armed"
     assert (env.root / "sys/kernel/kexec_crash_loaded").read_text() == "0\n"
+
+
+def test_a_restart_right_after_an_edit_builds_once_and_arms_the_newest_file(
+    env: DaemonEnv,
+) -> None:
+    """Cockpit and Ansible write kdump.conf, then restart the unit at once (clients.md R7/R8)."""
+    assert env.daemon is not None
+    subprocess.run(
+        [sys.executable, "-m", "kdumpd.cli", "start"],
+        env=env.env(),
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=True,
+    )
+    builds = env.builds
+    conf = env.root / "etc/kdump.conf"
+    newest = GOOD_CONF.replace("-d 31", "-d 23")
+    temp = conf.with_name("kdump.conf.new")
+    temp.write_text(newest)
+    os.replace(temp, conf)
+    env.daemon.send_signal(signal.SIGTERM)  # systemctl restart: stop ...
+    assert env.daemon.wait(timeout=WAIT_S) == 0
+    env.start_daemon()  # ... and start
+    env.wait_for("READY=1")
+    assert env.builds == builds + 1
+    manifest = json.loads(
+        (env.root / "var/lib/kdumpd/initramfs-6.1.0-test-amd64kdump.manifest.json").read_text()
+    )
+    assert manifest["inputs"]["kdump.conf"] == hashlib.sha256(newest.encode()).hexdigest()
+    assert prop(env, "State") == "armed"

@@ -8,11 +8,12 @@ Who may call what is the bus policy's job (``dbus/org.kdumpd1.conf``).
 Also the client side that kdumpctl uses to reach a running daemon.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from dasbus.connection import SystemMessageBus
 from dasbus.error import AbstractErrorRule, DBusError, ErrorMapper
-from dasbus.server.interface import dbus_interface, dbus_signal
+from dasbus.server.interface import accepts_additional_arguments, dbus_interface, dbus_signal
 from dasbus.server.property import PropertiesInterface
 from dasbus.typing import Int, List, Str, Tuple, UInt64
 
@@ -78,9 +79,10 @@ def _bus_error(exc: KdumpError) -> NamedError:
 class ManagerInterface(PropertiesInterface):  # type: ignore[misc]
     """org.kdumpd1.Manager: the daemon's state as properties, the use cases as methods."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, uid_of: "Callable[[str], int] | None" = None) -> None:
         super().__init__()
         self._core = core
+        self._uid_of = uid_of
         self._last: dict[str, object] = {}
         core.on_change = self.publish_changes
         core.on_dump_found = self.DumpFound.emit
@@ -162,26 +164,38 @@ class ManagerInterface(PropertiesInterface):  # type: ignore[misc]
 
     # -- methods ------------------------------------------------------------
 
-    def _call(self, command: str) -> List[Str]:
+    def _call(self, command: str, call_info: "dict[str, Any] | None" = None) -> List[Str]:
+        # Defence in depth: the bus policy already refuses these calls from
+        # non-root users, but a missing or edited policy file must not open them.
+        sender = (call_info or {}).get("sender")
+        if self._uid_of is not None and sender and self._uid_of(sender) != 0:
+            raise _named(ERROR_PREFIX + "AccessDenied")(
+                f"kdumpctl {command} needs root (sender {sender} is not)"
+            )
         try:
             return self._core.call(command)
         except KdumpError as exc:
             raise _bus_error(exc) from None
 
-    def Start(self) -> List[Str]:
-        return self._call("start")
+    @accepts_additional_arguments  # type: ignore[misc]
+    def Start(self, *, call_info: "dict[str, Any]") -> List[Str]:
+        return self._call("start", call_info)
 
-    def Stop(self) -> List[Str]:
-        return self._call("stop")
+    @accepts_additional_arguments  # type: ignore[misc]
+    def Stop(self, *, call_info: "dict[str, Any]") -> List[Str]:
+        return self._call("stop", call_info)
 
-    def Restart(self) -> List[Str]:
-        return self._call("restart")
+    @accepts_additional_arguments  # type: ignore[misc]
+    def Restart(self, *, call_info: "dict[str, Any]") -> List[Str]:
+        return self._call("restart", call_info)
 
-    def Reload(self) -> List[Str]:
-        return self._call("reload")
+    @accepts_additional_arguments  # type: ignore[misc]
+    def Reload(self, *, call_info: "dict[str, Any]") -> List[Str]:
+        return self._call("reload", call_info)
 
-    def Rebuild(self) -> List[Str]:
-        return self._call("rebuild")
+    @accepts_additional_arguments  # type: ignore[misc]
+    def Rebuild(self, *, call_info: "dict[str, Any]") -> List[Str]:
+        return self._call("rebuild", call_info)
 
     def CheckConfig(self) -> List[Tuple[Str, Str, Int, Str]]:
         """Every problem: (error|warning, file, line, message); empty when valid."""
@@ -210,9 +224,12 @@ class Service:
     def __init__(self, core: Core) -> None:
         # DBUS_SYSTEM_BUS_ADDRESS (tests) is honoured by GIO's system bus lookup.
         self.bus = SystemMessageBus(error_mapper=error_mapper())
-        self.interface = ManagerInterface(core)
+        self.interface = ManagerInterface(core, uid_of=self._uid_of)
         self.bus.publish_object(OBJECT_PATH, self.interface)
         self.bus.register_service(BUS_NAME)
+
+    def _uid_of(self, sender: str) -> int:
+        return int(self.bus.proxy.GetConnectionUnixUser(sender))
 
     def close(self) -> None:
         self.bus.disconnect()

@@ -160,12 +160,23 @@ class DaemonEnv:
             self.notify.close()
 
 
-def start_bus() -> DaemonEnv:
+OPEN_POLICY = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <policy context="default">
+    <allow own="org.kdumpd1"/>
+    <allow send_destination="org.kdumpd1"/>
+  </policy>
+</busconfig>
+"""
+
+
+def start_bus(*, policy: Path = POLICY) -> DaemonEnv:
     # Not under pytest's tmp_path: that is 0700 and the "nobody" client must reach the socket.
     base = Path(tempfile.mkdtemp(prefix="kdumpd-bus-"))
     base.chmod(0o755)
     sock = base / "system_bus_socket"
-    config = write(base / "bus.conf", BUS_CONFIG.format(socket=sock, policy=POLICY))
+    config = write(base / "bus.conf", BUS_CONFIG.format(socket=sock, policy=policy))
     write(base / "bin/dracut", FAKE_DRACUT.format(count=base / "dracut-builds")).chmod(0o755)
     root = base / "root"
     make_tree(root)

@@ -65,6 +65,11 @@ def test_daemon_arms_follows_edits_and_reports_the_dump(
     guest.ssh("systemctl enable --now kdump.service", timeout=1800)
     assert guest.ssh("systemctl is-enabled kdump").stdout.strip() == "enabled"
     assert guest.ssh("cat /sys/kernel/kexec_crash_loaded").stdout.strip() == "1"
+    # Cockpit reads the arming lines this way (clients.md R3)
+    lines = guest.ssh(
+        "journalctl -b -u kdump.service --identifier=kdumpctl -o cat --no-pager"
+    ).stdout.splitlines()
+    assert "Starting kdump: [OK]" in lines, lines[-20:]
     status = guest.ssh("systemctl show -p StatusText kdumpd").stdout.strip()
     assert status.startswith("StatusText=armed: /var/crash on root filesystem"), status
 

@@ -13,11 +13,13 @@ from typing import Any
 
 from dasbus.connection import SystemMessageBus
 from dasbus.error import AbstractErrorRule, DBusError, ErrorMapper
+from dasbus.server.handler import ServerObjectHandler
 from dasbus.server.interface import accepts_additional_arguments, dbus_interface, dbus_signal
 from dasbus.server.property import PropertiesInterface
 from dasbus.typing import Int, List, Str, Tuple, UInt64
 
 from kdumpd.daemon.core import CallFailed, Core
+from kdumpd.daemon.worker import Worker, on_main_loop
 from kdumpd.errors import KdumpError, Problem
 
 BUS_NAME = "org.kdumpd1"
@@ -75,17 +77,66 @@ def _bus_error(exc: KdumpError) -> NamedError:
     return _named(error_name(exc.dbus_name))("\n".join(lines))
 
 
+class Deferred:
+    """A method result that the worker thread delivers later (see DeferringHandler)."""
+
+    def __init__(self) -> None:
+        self._reply: Callable[[Any, BaseException | None], None] | None = None
+
+    def attach(self, reply: "Callable[[Any, BaseException | None], None]") -> None:
+        self._reply = reply
+
+    def resolve(self, result: Any, error: "BaseException | None") -> None:
+        if self._reply is not None:
+            self._reply(result, error)
+
+
+class DeferringHandler(ServerObjectHandler):  # type: ignore[misc]
+    """dasbus' object handler, plus replies that come after the method returned.
+
+    A method that returns a :class:`Deferred` gets its D-Bus reply (or named
+    error) when the worker finished, so the main loop serves other calls meanwhile.
+    """
+
+    def _handle_method_result(self, invocation: Any, method_spec: Any, method_reply: Any) -> None:
+        if not isinstance(method_reply, Deferred):
+            super()._handle_method_result(invocation, method_spec, method_reply)
+            return
+
+        def reply(result: Any, error: "BaseException | None") -> None:
+            if error is None:
+                self._server.set_call_reply(invocation, method_spec.out_type, result)
+                return
+            if isinstance(error, KdumpError):
+                error = _bus_error(error)
+            name = self._error_mapper.get_error_name(type(error))
+            self._server.set_call_error(invocation, name, str(error))
+
+        method_reply.attach(reply)
+
+
 @dbus_interface(INTERFACE)
 class ManagerInterface(PropertiesInterface):  # type: ignore[misc]
     """org.kdumpd1.Manager: the daemon's state as properties, the use cases as methods."""
 
-    def __init__(self, core: Core, uid_of: "Callable[[str], int] | None" = None) -> None:
+    def __init__(
+        self,
+        core: Core,
+        worker: "Worker | None" = None,
+        uid_of: "Callable[[str], int] | None" = None,
+    ) -> None:
         super().__init__()
         self._core = core
+        self._worker = worker
         self._uid_of = uid_of
         self._last: dict[str, object] = {}
-        core.on_change = self.publish_changes
-        core.on_dump_found = self.DumpFound.emit
+        # the core changes state on the worker thread; signals leave from the main loop
+        core.on_change = on_main_loop(self.publish_changes)
+
+        def dump_found(path: str, panic: str) -> None:
+            on_main_loop(lambda: self.DumpFound.emit(path, panic))()
+
+        core.on_dump_found = dump_found
         self._last = self._snapshot()
 
     # -- properties ----------------------------------------------------------
@@ -164,7 +215,7 @@ class ManagerInterface(PropertiesInterface):  # type: ignore[misc]
 
     # -- methods ------------------------------------------------------------
 
-    def _call(self, command: str, call_info: "dict[str, Any] | None" = None) -> List[Str]:
+    def _call(self, command: str, call_info: "dict[str, Any] | None" = None) -> Any:
         # Defence in depth: the bus policy already refuses these calls from
         # non-root users, but a missing or edited policy file must not open them.
         sender = (call_info or {}).get("sender")
@@ -172,6 +223,10 @@ class ManagerInterface(PropertiesInterface):  # type: ignore[misc]
             raise _named(ERROR_PREFIX + "AccessDenied")(
                 f"kdumpctl {command} needs root (sender {sender} is not)"
             )
+        if self._worker is not None:
+            deferred = Deferred()
+            self._worker.submit(lambda: self._core.call(command), deferred.resolve)
+            return deferred
         try:
             return self._core.call(command)
         except KdumpError as exc:
@@ -221,11 +276,11 @@ def interface_xml() -> str:
 class Service:
     """The published object and the owned name on the system bus."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, worker: Worker) -> None:
         # DBUS_SYSTEM_BUS_ADDRESS (tests) is honoured by GIO's system bus lookup.
         self.bus = SystemMessageBus(error_mapper=error_mapper())
-        self.interface = ManagerInterface(core, uid_of=self._uid_of)
-        self.bus.publish_object(OBJECT_PATH, self.interface)
+        self.interface = ManagerInterface(core, worker, uid_of=self._uid_of)
+        self.bus.publish_object(OBJECT_PATH, self.interface, server_factory=DeferringHandler)
         self.bus.register_service(BUS_NAME)
 
     def _uid_of(self, sender: str) -> int:

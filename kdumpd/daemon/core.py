@@ -284,6 +284,7 @@ class Core:
             # Not armed on purpose (stopped) or unsupported: nothing to follow.
             return False
         self.notifier.reloading()
+        self._set(BUILDING)
         messages = JournalMessages(self.journal)
         try:
             manager.restart(self.paths, messages, loader=self.loader)
@@ -322,6 +323,7 @@ class Core:
         if crash_hotplug_handled(self.paths) or self.state != ARMED:
             return False
         self.notifier.reloading()
+        self._set(BUILDING)
         messages = JournalMessages(self.journal)
         try:
             manager.reload(self.paths, messages, loader=self.loader)

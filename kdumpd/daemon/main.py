@@ -26,6 +26,7 @@ from kdumpd.daemon.core import Core, watched_dirs, watched_files
 from kdumpd.daemon.debounce import Debouncer
 from kdumpd.daemon.journal import ERR, WARNING, Journal
 from kdumpd.daemon.notify import Notifier
+from kdumpd.daemon.worker import Worker
 from kdumpd.paths import Paths
 
 #: Quiet time after the last file event before the inputs are compared.
@@ -59,13 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     notifier = Notifier()
     core = Core(paths, journal=journal, notifier=notifier, loader=loader, arch=host.machine_arch())
     loop = GLib.MainLoop()
+    worker = Worker()
     exit_code = 0
 
     service = None
     try:
         from kdumpd.daemon.bus import Service
 
-        service = Service(core)
+        service = Service(core, worker)
     except Exception as exc:
         # Arming matters more than the API: keep kdump armed without D-Bus,
         # kdumpctl then acts directly.
@@ -73,46 +75,55 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     watch = None
     hotplug = None
+    stopping = False
 
     def stop(*_: object) -> bool:
-        core.shutdown()
-        loop.quit()
-        return False
+        # After the running job (a build finishes: a restart right after an edit
+        # then finds the image current), unload and quit.
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            worker.submit(core.shutdown, lambda result, error: loop.quit())
+        return True  # keep the handler: a second SIGTERM is ignored, not fatal
 
-    def begin() -> bool:
+    def started(ok: object, error: BaseException | None) -> None:
         nonlocal exit_code, watch, hotplug
-        if not core.startup():
+        if error is not None or not ok:
+            if error is not None:
+                journal.line(f"kdumpd: internal error while arming: {error!r}", priority=ERR)
             notifier.status(core.status_text())
             exit_code = 1
             loop.quit()
-            return False
+            return
         notifier.ready(core.status_text())
-        core.scan_dumps()
+        worker.submit(core.scan_dumps)
         from kdumpd.daemon.watch import InputWatch
 
-        edits = Debouncer(EDIT_SETTLE_MS, lambda count: core.inputs_changed())
+        edits = Debouncer(EDIT_SETTLE_MS, lambda count: worker.submit(core.inputs_changed))
         watch = InputWatch(watched_files(paths), watched_dirs(paths), edits)
         if real and not args.no_hotplug:
             try:
                 from kdumpd.daemon.hotplug import HotplugWatch
 
-                hotplug = HotplugWatch.from_udev(Debouncer(HOTPLUG_SETTLE_MS, core.hotplug_settled))
+                settled = Debouncer(
+                    HOTPLUG_SETTLE_MS,
+                    lambda count: worker.submit(lambda: core.hotplug_settled(count)),
+                )
+                hotplug = HotplugWatch.from_udev(settled)
             except (OSError, ImportError) as exc:
                 journal.line(f"kdumpd: not following hotplug: {exc}", priority=WARNING)
-        return False
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_HIGH, signum, stop)
-    GLib.idle_add(begin)
+    worker.submit(core.startup, started)
     try:
         loop.run()
-    except KeyboardInterrupt:
-        stop()
     finally:
         if watch is not None:
             watch.close()
         if hotplug is not None:
             hotplug.close()
+        worker.close(timeout=5)
         if service is not None:
             service.close()
     if exit_code:

@@ -58,6 +58,8 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Config
 FAKE_DRACUT = """#!/bin/sh
 # dracut stand-in: --version answers, a build writes the image (argument before last).
 if [ "$1" = "--version" ]; then echo "dracut 059"; exit 0; fi
+# a test holds the build (to look at the daemon meanwhile) by creating the hold file
+while [ -e "{count}.hold" ]; do sleep 0.1; done
 echo build >> "{count}"
 eval "image=\\${{$(($# - 1))}}"
 echo "capture image" > "$image"
@@ -101,6 +103,11 @@ class DaemonEnv:
     notify: socket.socket | None = None
     notes: list[str] = field(default_factory=list)
     stderr_path: Path | None = None
+
+    @property
+    def hold(self) -> Path:
+        """While this file exists, the dracut stand-in waits before building."""
+        return self.base / "dracut-builds.hold"
 
     @property
     def builds(self) -> int:

@@ -164,6 +164,26 @@ def test_a_config_edit_rearms_once(env: DaemonEnv) -> None:
     assert prop(env, "LastError") == ""
 
 
+def test_status_answers_while_an_image_builds(env: DaemonEnv) -> None:
+    """dracut runs on the worker thread: properties and read-only calls still answer."""
+    conf = env.root / "etc/kdump.conf"
+    env.hold.touch()
+    try:
+        before = len(env.notes)
+        temp = conf.with_name("kdump.conf.new")
+        temp.write_text(GOOD_CONF.replace("-d 31", "-d 7"))
+        os.replace(temp, conf)
+        env.wait_for("RELOADING=1")
+        # the build is held: the daemon is in the middle of re-arming
+        assert prop(env, "State") == "building"
+        assert proxy(env).CheckConfig() == []
+    finally:
+        env.hold.unlink()
+    env.wait_for("READY=1")
+    assert sum("RELOADING=1" in n.splitlines() for n in env.notes[before:]) == 1
+    assert prop(env, "State") == "armed"
+
+
 def test_same_content_written_again_changes_nothing(env: DaemonEnv) -> None:
     conf = env.root / "etc/kdump.conf"
     before = len(env.notes)

@@ -199,6 +199,8 @@ class Core:
         messages = JournalMessages(self.journal)
         self._set(BUILDING)
         self._import_raw(messages)
+        # Dumps first: a configuration broken since the crash must not hide them.
+        self.scan_dumps()
         try:
             manager.start(self.paths, messages, loader=self.loader)
         except manager.ArmingFailed as exc:
@@ -215,8 +217,13 @@ class Core:
         self.armed_fingerprint = fingerprint(self.paths)
         self.last_error = ""
         self._refresh_loaded()
+        self._remember_crash_dir()
         self.journal.event("armed", f"kdump armed: {self.status_text()}", priority=INFO)
         return True
+
+    def _remember_crash_dir(self) -> None:
+        if host.crash_loaded(self.paths):
+            postcrash.remember_dir(self.paths, self.crash_dir())
 
     def _import_raw(self, messages: JournalMessages) -> None:
         """Bring a raw-device dump home first, and say so with its own journal entry.
@@ -266,6 +273,7 @@ class Core:
             self.armed_fingerprint = fingerprint(self.paths)
             self.last_error = ""
         self._refresh_loaded()
+        self._remember_crash_dir()
         self.notifier.status(self.status_text())
         return messages.lines
 
@@ -302,6 +310,7 @@ class Core:
             self.counters.rearms += 1
             self.last_error = ""
             self._refresh_loaded()
+            self._remember_crash_dir()
             self.journal.event("armed", f"kdump re-armed after an edit: {self.status_text()}")
         self.notifier.reloaded(self.status_text())
         self.on_change()
@@ -361,7 +370,7 @@ class Core:
 
     def scan_dumps(self) -> list[postcrash.Dump]:
         """Announce dumps saved since the last run: report, journal, DumpFound; then retention."""
-        found = postcrash.new_dumps(self.paths, self.crash_dir())
+        found = postcrash.new_dumps(self.paths, self.crash_dir(), *postcrash.known_dirs(self.paths))
         for dump in found:
             report = postcrash.write_report(dump)
             shown = "/" + str(dump.directory.relative_to(self.paths.root))

@@ -96,7 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop.quit()
             return
         notifier.ready(core.status_text())
-        worker.submit(core.scan_dumps)
         from kdumpd.daemon.watch import InputWatch
 
         edits = Debouncer(EDIT_SETTLE_MS, lambda count: worker.submit(core.inputs_changed))

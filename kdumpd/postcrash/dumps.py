@@ -74,6 +74,34 @@ def list_dumps(crash_dir: Path) -> list[Dump]:
     return found
 
 
+def _dirs_path(paths: Paths) -> Path:
+    return paths.state_dir / "dump-dirs.json"
+
+
+def remember_dir(paths: Paths, crash_dir: Path) -> None:
+    """Record a directory a capture kernel was armed to write to.
+
+    The next boot looks in every such directory: kdump.conf may have changed
+    ``path`` (or be broken) since the kernel that saved the dump was armed.
+    """
+    known = known_dirs(paths)
+    if crash_dir in known:
+        return
+    target = _dirs_path(paths)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(sorted(map(str, [*known, crash_dir])), indent=2) + "\n")
+    os.replace(tmp, target)
+
+
+def known_dirs(paths: Paths) -> list[Path]:
+    try:
+        data = json.loads(_dirs_path(paths).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [Path(item) for item in data] if isinstance(data, list) else []
+
+
 def _seen_path(paths: Paths) -> Path:
     return paths.state_dir / "dumps-seen.json"
 
@@ -86,10 +114,15 @@ def _read_seen(paths: Paths) -> set[str]:
     return {str(item) for item in data} if isinstance(data, list) else set()
 
 
-def new_dumps(paths: Paths, crash_dir: Path) -> list[Dump]:
-    """Dumps not announced before, oldest first."""
+def new_dumps(paths: Paths, *crash_dirs: Path) -> list[Dump]:
+    """Dumps under any of ``crash_dirs`` not announced before, oldest first."""
     seen = _read_seen(paths)
-    return [d for d in list_dumps(crash_dir) if str(d.directory) not in seen]
+    found: dict[Path, Dump] = {}
+    for crash_dir in crash_dirs:
+        for dump in list_dumps(crash_dir):
+            if str(dump.directory) not in seen:
+                found[dump.directory] = dump
+    return sorted(found.values(), key=lambda d: (d.mtime, d.directory.name))
 
 
 def mark_seen(paths: Paths, dumps: list[Dump]) -> None:

@@ -158,9 +158,8 @@ def test_new_dumps_are_announced_once_and_old_ones_retired(
     write(new / "vmcore", "new")
     write(new / "vmcore-dmesg.txt", PANIC_LOG)
     core = make_core(system, sinks)
-    assert core.startup()
-    found = core.scan_dumps()
-    assert len(found) == 2
+    assert core.startup()  # the dumps are announced at start, before arming
+    assert len(sinks.found) == 2
     assert sinks.found[-1] == (
         "/var/crash/127.0.0.1-2026-11-30-10:00:00",
         "Kernel panic - not syncing: sysrq triggered crash",
@@ -178,3 +177,25 @@ def test_crash_hotplug_is_detected_not_versioned(system: Paths) -> None:  # noqa
     assert daemon_core.crash_hotplug_handled(system) is False
     write(system.sys_cpu / "crash_hotplug", "1\n")
     assert daemon_core.crash_hotplug_handled(system) is True
+
+
+def test_dumps_in_a_formerly_armed_dir_are_found_under_a_broken_config(
+    system: Paths,  # noqa: F811
+    dracut: FakeDracut,  # noqa: F811
+    sinks: Sinks,
+) -> None:
+    """path was edited to /var/crash2 and armed, the file then broken, and the kernel crashed."""
+    (system.root / "var/crash2").mkdir()
+    core = make_core(system, sinks)
+    assert core.startup()
+    system.kdump_conf.write_text(GOOD_CONF.replace("/var/crash", "/var/crash2"))
+    assert core.inputs_changed()
+    system.kdump_conf.write_text(BROKEN_CONF)
+    assert core.inputs_changed()
+    dump = system.root / "var/crash2/127.0.0.1-2026-11-30-12:00:00"
+    write(dump / "vmcore", "core")
+    write(dump / "vmcore-dmesg.txt", PANIC_LOG)
+    after_reboot = make_core(system, sinks)
+    assert after_reboot.startup() is False  # the broken file fails arming ...
+    assert sinks.found[-1][0] == "/var/crash2/127.0.0.1-2026-11-30-12:00:00"  # ... not the dump
+    assert (dump / "crash-report.txt").is_file()

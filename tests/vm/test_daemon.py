@@ -108,4 +108,6 @@ def test_daemon_arms_follows_edits_and_reports_the_dump(
     found = _wait_entries(guest, DUMP_FOUND_ID, 1, timeout=600)
     assert found and dump in found[-1] and PANIC_LINE in found[-1], found
     guest.ssh(f"test -s {dump}/crash-report.txt && test -s {dump}/crash-report.json")
+    # the file is still broken: arming at boot fails the unit (clients.md R2) ...
+    assert guest.ssh("systemctl is-failed kdumpd", check=False).stdout.strip() == "failed"
     assert PANIC_LINE in guest.ssh(f"cat {dump}/crash-report.txt").stdout

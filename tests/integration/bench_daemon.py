@@ -10,6 +10,7 @@ kdumpd's own: debounce, validation, manifest, plan, load). Prints figures; asser
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -77,6 +78,13 @@ def main() -> None:
             + " s"
         )
         print("kdumpd CPU time per re-arm: " + ", ".join(f"{c:.2f}" for c in cpus) + " s")
+        # a start that finds the image current (the usual boot) never loads jinja2
+        env.daemon.send_signal(signal.SIGTERM)
+        env.daemon.wait(timeout=60)
+        env.start_daemon()
+        env.wait_for("READY=1")
+        time.sleep(1.0)
+        print(f"idle RSS after a start with a current image: {_status(env.daemon.pid)['VmRSS']}")
     finally:
         cleanup(env)
 

@@ -1,1 +1,7 @@
-"""The next boot: finding dumps saved since the last run, their reports, and retention."""
+"""The next boot: what happens to a dump after the capture kernel rebooted.
+
+``raw_import``: a raw device's flattened stream brought home into /var/crash.
+``report``: what the saved kernel log says about the crash.
+``dumps``: the saved dumps, which are new since the last run, their report files.
+``retention``: which old dumps go when there are too many or they take too much room.
+"""

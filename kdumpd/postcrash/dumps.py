@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdumpd.paths import Paths
-from kdumpd.report import CrashReport, triage
+from kdumpd.postcrash.report import CrashReport, triage
 
 CORE_FILES = ("vmcore", "vmcore.flat", "vmcore-incomplete")
 DMESG_FILE = "vmcore-dmesg.txt"

@@ -218,7 +218,7 @@ class Core:
         self.last_error = ""
         self._refresh_loaded()
         self._remember_crash_dir()
-        self.journal.event("armed", f"kdump armed: {self.status_text()}", priority=INFO)
+        self.journal.event("armed", f"kdump {self.status_text()}", priority=INFO)
         return True
 
     def _remember_crash_dir(self) -> None:
@@ -311,7 +311,7 @@ class Core:
             self.last_error = ""
             self._refresh_loaded()
             self._remember_crash_dir()
-            self.journal.event("armed", f"kdump re-armed after an edit: {self.status_text()}")
+            self.journal.event("armed", f"kdump re-armed after an edit ({self.status_text()})")
         self.notifier.reloaded(self.status_text())
         self.on_change()
         return True

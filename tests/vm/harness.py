@@ -483,11 +483,14 @@ class Guest:
                     raise GuestError(f"QMP {name} failed: {reply['error']}")
         return dict(reply)
 
-    def hot_add_memory(self, size: str = "512M") -> None:
-        """Plug a DIMM of ``size`` into the running guest (ACPI memory hotplug)."""
+    def hot_add_memory(self, size_mib: int = 512) -> None:
+        """Plug a DIMM of ``size_mib`` MiB into the running guest (ACPI memory hotplug)."""
         self._dimms += 1
         backend = f"hotmem{self._dimms}"
-        self.qmp("object-add", **{"qom-type": "memory-backend-ram", "id": backend, "size": size})
+        self.qmp(
+            "object-add",
+            **{"qom-type": "memory-backend-ram", "id": backend, "size": size_mib << 20},
+        )
         self.qmp("device_add", driver="pc-dimm", id=f"dimm{self._dimms}", memdev=backend)
 
     def crash(self) -> None:

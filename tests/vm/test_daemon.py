@@ -91,7 +91,7 @@ def test_daemon_arms_follows_edits_and_reports_the_dump(
 
     # memory hot-add: the blocks appear (and are onlined) one by one; one reload
     blocks = guest.ssh("ls -d /sys/devices/system/memory/memory* | wc -l").stdout.strip()
-    guest.hot_add_memory("512M")
+    guest.hot_add_memory(512)
     reloads = _wait_entries(guest, HOTPLUG_ID, 1)
     after = guest.ssh("ls -d /sys/devices/system/memory/memory* | wc -l").stdout.strip()
     assert int(after) > int(blocks), (blocks, after)

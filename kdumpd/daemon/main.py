@@ -13,7 +13,6 @@ events are not read (they belong to the running machine).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -139,5 +138,4 @@ def entry() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     entry()

@@ -452,6 +452,40 @@ def reload(paths: Paths, messages: Messages, *, loader: Loader = KEXEC) -> None:
         _replace(paths, messages, loader, image="keep")
 
 
+def reload_loaded(paths: Paths, messages: Messages, *, loader: Loader = KEXEC) -> None:
+    """Load again exactly the capture kernel that is loaded (after CPU/memory hotplug).
+
+    The kernel computes the crash headers (the memory map the capture kernel
+    dumps) when the image is loaded, so a hot-added block is only covered after
+    a new load. Nothing of the configuration changed: the record of the last
+    load is reused, so a kdump.conf broken meanwhile does not stand in the way.
+    """
+    with instance_lock(paths, messages):
+        previous = _read_record(paths)
+        if previous is None or not (previous.kernel.exists() and previous.initrd.exists()):
+            raise _fail(
+                messages,
+                KdumpError("no record of the loaded capture kernel; run kdumpctl restart"),
+                STARTING_FAILED,
+            )
+        try:
+            _unload(
+                paths,
+                messages,
+                loader,
+                kexec_args=previous.kexec_args,
+                secure_boot=previous.secure_boot,
+            )
+        except KdumpError as exc:
+            raise _fail(messages, exc, STOPPING_FAILED) from exc
+        messages.info(STOPPING_OK)
+        try:
+            _load(paths, messages, previous, loader)
+        except KdumpError as exc:
+            raise _fail(messages, exc, STARTING_FAILED) from exc
+        messages.info(STARTING_OK)
+
+
 def _replace(paths: Paths, messages: Messages, loader: Loader, *, image: str) -> None:
     try:
         check_feasible(paths)
@@ -693,6 +727,7 @@ __all__ = [
     "propagate",
     "rebuild",
     "reload",
+    "reload_loaded",
     "restart",
     "start",
     "stop",

@@ -335,7 +335,7 @@ class Core:
         self._set(BUILDING)
         messages = JournalMessages(self.journal)
         try:
-            manager.reload(self.paths, messages, loader=self.loader)
+            manager.reload_loaded(self.paths, messages, loader=self.loader)
         except manager.ArmingFailed as exc:
             self.last_error = user_message(exc.reason)
             self._refresh_loaded()

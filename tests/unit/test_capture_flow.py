@@ -290,6 +290,5 @@ def test_collector_failure_uses_fallback_copy(
 
 def test_dump_dir_name_matches_kdump_utils() -> None:
     assert (
-        dump_dir_name("10.0.0.5", datetime(2024, 1, 2, 3, 4, 5))
-        == "10.0.0.5-2024-01-02-03:04:05"
+        dump_dir_name("10.0.0.5", datetime(2024, 1, 2, 3, 4, 5)) == "10.0.0.5-2024-01-02-03:04:05"
     )

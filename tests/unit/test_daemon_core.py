@@ -199,3 +199,19 @@ def test_dumps_in_a_formerly_armed_dir_are_found_under_a_broken_config(
     assert after_reboot.startup() is False  # the broken file fails arming ...
     assert sinks.found[-1][0] == "/var/crash2/127.0.0.1-2026-11-30-12:00:00"  # ... not the dump
     assert (dump / "crash-report.txt").is_file()
+
+
+def test_hotplug_reloads_the_loaded_kernel_even_under_a_broken_file(
+    system: Paths,  # noqa: F811
+    dracut: FakeDracut,  # noqa: F811
+    sinks: Sinks,
+) -> None:
+    core = make_core(system, sinks)
+    assert core.startup()
+    system.kdump_conf.write_text(BROKEN_CONF)
+    assert core.inputs_changed()  # rejected, still armed
+    assert core.hotplug_settled(8) is True
+    assert core.counters.hotplug_reloads == 1
+    assert journal.HOTPLUG_RELOADED in sinks.ids()
+    assert system.kexec_crash_loaded.read_text() == "1\n"
+    assert len(dracut.builds) == 1  # the same image, loaded again

@@ -412,16 +412,13 @@ def test_rebuild_reason_missing_image_and_force_flags(fake_root: Paths) -> None:
     plan = make_plan()
     m = inputs_of(fake_root, KdumpConfig(), plan, kernel)
     image = manifest.image_path(fake_root, KVER)
-    assert (
-        manifest.rebuild_reason(fake_root, KdumpConfig(), m) == "No kdump initial ramdisk found."
-    )
+    assert manifest.rebuild_reason(fake_root, KdumpConfig(), m) == "No kdump initial ramdisk found."
     # force_no_rebuild cannot help without an image
     no = conf("force_no_rebuild 1\n")
     assert manifest.rebuild_reason(fake_root, no, m) == "No kdump initial ramdisk found."
     record_image(fake_root, m)
     assert (
-        manifest.rebuild_reason(fake_root, conf("force_rebuild 1\n"), m)
-        == f"Force rebuild {image}"
+        manifest.rebuild_reason(fake_root, conf("force_rebuild 1\n"), m) == f"Force rebuild {image}"
     )
     changed = Manifest(KVER, {**m.inputs, "kdump.conf": "0" * 64})
     assert manifest.rebuild_reason(fake_root, no, changed) is None

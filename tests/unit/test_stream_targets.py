@@ -353,9 +353,7 @@ def test_raw_capture_writes_the_stream_to_the_device_and_nothing_else(
 
     recorder = Recorder({"makedumpfile": makedumpfile})
     monkeypatch.setattr(proc, "runner", recorder)
-    plan = CapturePlan(
-        KVER, RawTarget(device=device), ("makedumpfile", "-d", "31")
-    )
+    plan = CapturePlan(KVER, RawTarget(device=device), ("makedumpfile", "-d", "31"))
     actions: list[str] = []
     ctx = context(fake_root, vmcore, plan, actions)
     assert isinstance(ctx.sink_for(plan.target), RawDump)

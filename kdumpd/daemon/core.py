@@ -25,7 +25,7 @@ from kdumpd.daemon.journal import ERR, INFO, WARNING, Journal, JournalMessages
 from kdumpd.daemon.notify import Notifier
 from kdumpd.errors import ConfigError, ExitCode, KdumpError, Problem, user_message
 from kdumpd.paths import Paths
-from kdumpd.postcrash import dumps as postcrash
+from kdumpd.postcrash import newdumps as postcrash
 from kdumpd.postcrash import retention
 
 ARMED = "armed"

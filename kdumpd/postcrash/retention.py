@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 
-from kdumpd.postcrash.dumps import Dump
+from kdumpd.postcrash.newdumps import Dump
 
 
 @dataclass(frozen=True)

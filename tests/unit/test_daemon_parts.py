@@ -13,7 +13,8 @@ from kdumpd.config.sysconfig import load_sysconfig
 from kdumpd.daemon import journal
 from kdumpd.daemon.notify import Notifier
 from kdumpd.paths import Paths
-from kdumpd.postcrash import dumps, retention
+from kdumpd.postcrash import newdumps as dumps
+from kdumpd.postcrash import retention
 from tests.conftest import write
 
 PANIC_LOG = """[   10.000000] Linux version 6.1.0-test-amd64

@@ -28,7 +28,7 @@ from kdumpd.contract.plan import (
     SshTarget,
     Target,
 )
-from kdumpd.errors import ConfigError
+from kdumpd.errors import ConfigError, Problem
 from kdumpd.image.dracut import dracut_argv
 from kdumpd.image.needs import image_needs
 from kdumpd.paths import Paths
@@ -159,9 +159,12 @@ def test_raw_plan_uses_the_persistent_name(
     fake_root: Paths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checked: list[str] = []
-    monkeypatch.setattr(
-        raw, "check_raw_device", lambda paths, device, **_: checked.append(device) or []
-    )
+
+    def check(paths: Paths, device: str, **_: Any) -> list[Problem]:
+        checked.append(device)
+        return []
+
+    monkeypatch.setattr(raw, "check_raw_device", check)
     write(fake_root.under_root("/dev/vdb"), "")
     fake_root.under_root("/dev/disk/by-id").mkdir(parents=True)
     fake_root.under_root("/dev/disk/by-id/virtio-kdumpraw").symlink_to("../../vdb")
@@ -183,8 +186,6 @@ def test_raw_plan_uses_the_persistent_name(
 def test_raw_plan_refuses_what_the_check_refuses(
     fake_root: Paths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kdumpd.errors import Problem
-
     problem = Problem("/etc/kdump.conf", 1, "raw dump target /dev/vdb (/dev/vdb) is mounted at /")
     monkeypatch.setattr(raw, "check_raw_device", lambda *a, **k: [problem])
     config = parse_kdump_conf("raw /dev/vdb\ncore_collector makedumpfile -F -d 31\n").config
@@ -363,3 +364,25 @@ def test_raw_capture_writes_the_stream_to_the_device_and_nothing_else(
     data = fake_root.under_root(device).read_bytes()
     assert data.startswith(b"makedumpfile\0\0\0\0stream")
     assert not fake_root.var_crash.exists()
+
+
+def test_ssh_capture_sends_kdumpd_log_when_vmcore_dmesg_fails(
+    fake_root: Paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vmcore = generate_core(tmp_path / "vmcore", CoreSpec(data_pages=2)).path
+    route = json.dumps([{"dst": "192.0.2.7", "prefsrc": "10.0.2.15", "dev": "ens3"}])
+    recorder = Recorder(
+        {
+            "ip": lambda a, k: done(a, out=route),
+            "ssh": lambda a, k: done(a),
+            "vmcore-dmesg": lambda a, k: done(a, 1, err="unsupported kernel"),
+            "makedumpfile": lambda a, k: done(a),
+        }
+    )
+    monkeypatch.setattr(proc, "runner", recorder)
+    plan = CapturePlan(KVER, SSH_TARGET, ("makedumpfile", "-l", "-d", "31"))
+    assert run_capture(context(fake_root, vmcore, plan, [])) == 0
+    sent = next(k["input"] for a, k in recorder.calls if ".vmcore-dmesg.txt.incomplete" in a[-1])
+    assert sent.endswith("] Kernel panic - not syncing: sysrq triggered crash\n")
+    meta = next(k["input"] for a, k in recorder.calls if "kdumpd-metadata" in a[-1])
+    assert json.loads(meta)["dmesg"] == {"file": "vmcore-dmesg.txt", "tool": "kdumpd"}

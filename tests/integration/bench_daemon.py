@@ -2,7 +2,7 @@
 
     .cache/venv/bin/python -m tests.integration.bench_daemon
 
-Runs kdumpd against a fake tree on a private bus (tests/integration/daemon_env:
+Runs kdumpd against a fake tree on a private bus (tests/support/daemon_env:
 dracut is a stand-in that writes the image at once, so the time measured is
 kdumpd's own: debounce, validation, manifest, plan, load). Prints figures; asserts nothing.
 """
@@ -14,7 +14,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.integration.daemon_env import GOOD_CONF, cleanup, start_bus
+from tests.support.daemon_env import GOOD_CONF, cleanup, start_bus
 
 IDLE_S = 10.0
 EDITS = 5

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from dasbus.connection import AddressedMessageBus
 
-from tests.integration.daemon_env import (
+from tests.support.daemon_env import (
     GOOD_CONF,
     REPO,
     WAIT_S,

@@ -23,7 +23,7 @@ from kdumpd.daemon.hotplug import HotplugWatch
 from kdumpd.daemon.journal import Journal
 from kdumpd.daemon.notify import Notifier
 from kdumpd.paths import Paths
-from tests.integration.daemon_env import FAKE_DRACUT, make_tree, write
+from tests.support.daemon_env import FAKE_DRACUT, make_tree, write
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.daemon_env import OPEN_POLICY, WAIT_S, cleanup, start_bus, write
+from tests.support.daemon_env import OPEN_POLICY, WAIT_S, cleanup, start_bus, write
 
 pytestmark = pytest.mark.integration
 

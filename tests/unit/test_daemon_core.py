@@ -33,6 +33,10 @@ class Sinks:
         self.notes: list[str] = []
         self.found: list[tuple[str, str]] = []
 
+    def note(self, text: str) -> bool:
+        self.notes.append(text)
+        return True
+
     def ids(self) -> list[str]:
         return [e["MESSAGE_ID"] for e in self.entries if "MESSAGE_ID" in e]
 
@@ -46,7 +50,7 @@ def make_core(paths: Paths, sinks: Sinks) -> daemon_core.Core:
     core = daemon_core.Core(
         paths,
         journal=journal.Journal(sender=lambda **fields: sinks.entries.append(fields)),
-        notifier=Notifier(sender=lambda text: sinks.notes.append(text) or True),
+        notifier=Notifier(sender=sinks.note),
         loader=manager.TreeLoader(),
         arch="x86_64",
     )

@@ -86,8 +86,8 @@ def test_daemon_arms_follows_edits_and_reports_the_dump(
     assert rejected and "/etc/kdump.conf:3:" in rejected[-1], rejected
     assert guest.ssh("cat /sys/kernel/kexec_crash_loaded").stdout.strip() == "1"
     assert guest.ssh("systemctl is-active kdumpd").stdout.strip() == "active"
-    status = guest.ssh("kdumpctl status", check=False)
-    assert "/etc/kdump.conf:3:" in status.stderr, status.stderr
+    shown = guest.ssh("kdumpctl status", check=False)
+    assert "/etc/kdump.conf:3:" in shown.stderr, shown.stderr
 
     # memory hot-add: the blocks appear (and are onlined) one by one; one reload
     blocks = guest.ssh("ls -d /sys/devices/system/memory/memory* | wc -l").stdout.strip()

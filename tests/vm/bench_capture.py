@@ -246,6 +246,8 @@ class KdumpdSystem:
 
     def __init__(self, deb: str) -> None:
         self.deb = deb
+        #: kdumpctl estimate's estimated and recommended sizes (MiB) after the build.
+        self.estimate_mib: tuple[int, int] | None = None
 
     def install(self, guest: Guest, say: Callable[[str], None]) -> tuple[str, float]:
         """Install, arm; time a forced rebuild; return the image's path in the guest."""
@@ -255,7 +257,18 @@ class KdumpdSystem:
         say("kdumpd: timing a forced rebuild: kdumpctl rebuild")
         started = time.monotonic()
         guest.ssh("kdumpctl rebuild", timeout=1200)
-        return f"{STATE_DIR}/initramfs-{kver}kdump.img", round(time.monotonic() - started, 1)
+        seconds = round(time.monotonic() - started, 1)
+        # What kdumpctl estimate recommends for this image, to set beside what worked.
+        estimate = guest.ssh("kdumpctl --json estimate", check=False)
+        try:
+            found = json.loads(estimate.stdout)
+            self.estimate_mib = (
+                found["estimated_bytes"] >> 20,
+                found["recommended_bytes"] >> 20,
+            )
+        except (ValueError, KeyError, TypeError):
+            say(f"kdumpd: kdumpctl estimate said: {estimate.stdout} {estimate.stderr}")
+        return f"{STATE_DIR}/initramfs-{kver}kdump.img", seconds
 
     def dump_dirs(self, guest: Guest) -> list[str]:
         listing = guest.ssh(f"ls -1d {CRASH_DIR}/127.0.0.1-* 2>/dev/null", check=False).stdout
@@ -464,6 +477,7 @@ class SystemRun:
     system: str
     image: ImageFacts | None = None
     build_seconds: float | None = None
+    estimate_mib: tuple[int, int] | None = None
     attempts: list[Attempt] = field(default_factory=list)
 
 
@@ -498,6 +512,12 @@ def measure_system(
         setup.start()
         setup.wait_for_ssh()
         path, result.build_seconds = system.install(setup, say)
+        if isinstance(system, KdumpdSystem) and system.estimate_mib is not None:
+            result.estimate_mib = system.estimate_mib
+            say(
+                f"kdumpctl estimate: estimated {system.estimate_mib[0]}M, "
+                f"recommended {system.estimate_mib[1]}M"
+            )
         local = where / "capture-image.img"
         setup.copy_from(path, local)
         result.image = analyze_image(local)
@@ -601,6 +621,12 @@ def print_table(run: Run) -> None:
             print(
                 f"{a.system:<11} {a.size:>11}  {a.outcome:<6} {seconds:>15} {size:>8} "
                 f"{image:>9} {boot + '/' + dump:>18}  {a.reason}"
+            )
+    for result in run.systems:
+        if result.estimate_mib is not None:
+            print(
+                f"{result.system}: kdumpctl estimate: estimated {result.estimate_mib[0]}M, "
+                f"recommended {result.estimate_mib[1]}M"
             )
     print("\nmemory just before the dump started (capture kernel's log):")
     for result in run.systems:

@@ -212,7 +212,7 @@ awk '/^MemAvailable:/ {a=$2} /^MemTotal:/ {t=$2} /^Shmem:/ {s=$2}
 KDUMP_TOOLS_DROPIN = """[Service]
 ExecStartPre=-/usr/local/sbin/bench-meminfo
 """
-MEMORY_REPORT = re.compile(r"(?:kdumpd|bench: kdump-tools) memory: ([^\n]*)")
+MEMORY_REPORT = re.compile(r"(?:kdumpd:|bench: kdump-tools) memory: ([^\n]*)")
 MEM_AVAILABLE = re.compile(r"MemAvailable ([0-9.]+) MiB")
 
 

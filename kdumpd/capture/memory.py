@@ -3,12 +3,13 @@
 The capture agent logs one line of it on the console (and keeps it in
 kdumpd-metadata.json), so a serial log of a capture that ran short of memory says
 what held the reservation: MemAvailable, the RAM file systems (the unpacked image
-and the journal live in Shmem) and the largest processes by resident size.
+live in Shmem), the largest slab caches and the largest processes by resident size.
 tests/vm/bench_capture.py reads it back to explain the smallest working size.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,25 +17,35 @@ from kdumpd.paths import Paths
 
 #: /proc/meminfo fields reported, in this order.
 MEMINFO_FIELDS: tuple[str, ...] = ("MemTotal", "MemAvailable", "MemFree", "Shmem", "Slab")
-#: How many processes the report names.
+#: How many processes (and slab caches) the report names.
 TOP_PROCESSES = 5
+TOP_SLABS = 3
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 @dataclass(frozen=True)
 class MemorySnapshot:
-    """A few /proc/meminfo fields (KiB) and the largest processes (name, KiB resident)."""
+    """A few /proc/meminfo fields (KiB), the largest processes and slab caches (name, KiB)."""
 
     meminfo: dict[str, int] = field(default_factory=dict)
     largest: list[tuple[str, int]] = field(default_factory=list)
+    slabs: list[tuple[str, int]] = field(default_factory=list)
 
     def line(self) -> str:
         """One console line: ``MemAvailable 41.2 MiB, ...; largest: systemd 9.8 MiB, ...``."""
         fields = ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in self.meminfo.items())
         users = ", ".join(f"{name} {kib / 1024:.1f} MiB" for name, kib in self.largest)
-        return f"memory: {fields or 'meminfo unreadable'}; largest: {users or 'none readable'}"
+        line = f"memory: {fields or 'meminfo unreadable'}; largest: {users or 'none readable'}"
+        if self.slabs:
+            line += "; slab: " + ", ".join(f"{n} {kib / 1024:.1f} MiB" for n, kib in self.slabs)
+        return line
 
     def to_json(self) -> dict[str, object]:
-        return {"meminfo_kib": dict(self.meminfo), "largest_kib": [list(p) for p in self.largest]}
+        return {
+            "meminfo_kib": dict(self.meminfo),
+            "largest_kib": [list(p) for p in self.largest],
+            "slab_kib": [list(s) for s in self.slabs],
+        }
 
 
 def _read(path: Path) -> str:
@@ -70,7 +81,27 @@ def _process(status: str) -> tuple[str, int] | None:
     return name, rss
 
 
-def snapshot(paths: Paths, *, top: int = TOP_PROCESSES) -> MemorySnapshot:
+def _slabs(text: str) -> list[tuple[str, int]]:
+    """Slab caches by memory (KiB): num_slabs x pages per slab, from /proc/slabinfo 2.1."""
+    caches: list[tuple[str, int]] = []
+    for line in text.splitlines():
+        words = line.split()
+        # name active_objs num_objs objsize objperslab pagesperslab : tunables ... : slabdata
+        # active_slabs num_slabs sharedavail
+        if len(words) < 16 or words[0].startswith("#") or words[-4] != "slabdata":
+            continue
+        try:
+            pages_per_slab, num_slabs = int(words[5]), int(words[-2])
+        except ValueError:
+            continue
+        caches.append((words[0], pages_per_slab * num_slabs * _PAGE_KIB))
+    caches.sort(key=lambda c: (-c[1], c[0]))
+    return caches
+
+
+def snapshot(
+    paths: Paths, *, top: int = TOP_PROCESSES, top_slabs: int = TOP_SLABS
+) -> MemorySnapshot:
     """Read /proc (under ``paths``' root) now."""
     proc_dir = paths.under_root("/proc")
     processes: list[tuple[str, int]] = []
@@ -83,4 +114,8 @@ def snapshot(paths: Paths, *, top: int = TOP_PROCESSES) -> MemorySnapshot:
         if found is not None:
             processes.append(found)
     processes.sort(key=lambda p: (-p[1], p[0]))
-    return MemorySnapshot(meminfo=_meminfo(_read(paths.proc_meminfo)), largest=processes[:top])
+    return MemorySnapshot(
+        meminfo=_meminfo(_read(paths.proc_meminfo)),
+        largest=processes[:top],
+        slabs=_slabs(_read(paths.under_root("/proc/slabinfo")))[:top_slabs],
+    )

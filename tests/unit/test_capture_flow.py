@@ -314,4 +314,5 @@ def test_memory_is_reported_on_the_console_before_the_collector(
     assert meta["memory_before_collector"] == {
         "meminfo_kib": {"MemTotal": 98304, "MemAvailable": 40960},
         "largest_kib": [["systemd", 10240]],
+        "slab_kib": [],
     }

@@ -635,6 +635,82 @@ def print_table(run: Run) -> None:
                 print(f"  {a.system} {a.size}: {a.memory_report}")
 
 
+#: What the README's table shows for "no figure" (an en dash).
+NO_FIGURE = "\u2013"
+
+
+def _md_outcome(a: Attempt) -> str:
+    if a.outcome == "ok":
+        return "ok"
+    return "out of memory" if "OOM" in a.reason or "killed" in a.reason else "fails"
+
+
+def _md_seconds(a: Attempt) -> str:
+    return NO_FIGURE if a.panic_to_reboot is None or a.outcome != "ok" else f"{a.panic_to_reboot}"
+
+
+def _md_dump(a: Attempt) -> str:
+    return NO_FIGURE if a.dump_bytes is None else _mib(a.dump_bytes)
+
+
+def _md_available(a: Attempt) -> str:
+    value = a.before_dump_available_mib
+    return NO_FIGURE if value is None else f"{value:.0f}"
+
+
+MARKDOWN_ROWS: tuple[tuple[str, Callable[[Attempt], str]], ...] = (
+    ("result", _md_outcome),
+    ("panic to reboot (s)", _md_seconds),
+    ("dump (MiB)", _md_dump),
+    ("MemAvailable before the dump (MiB)", _md_available),
+)
+
+
+def print_markdown(run: Run) -> None:
+    """The README's table: one column per size, both systems side by side."""
+    sizes: list[str] = []
+    for result in run.systems:
+        for a in result.attempts:
+            if a.size not in sizes:
+                sizes.append(a.size)
+    print(f"\n| crashkernel= | {' | '.join(sizes)} |")
+    print("|---|" + "---|" * len(sizes))
+    for result in run.systems:
+        by_size = {a.size: a for a in result.attempts}
+        for label, show in MARKDOWN_ROWS:
+            cells = [show(by_size[s]) if s in by_size else NO_FIGURE for s in sizes]
+            print(f"| {result.system}: {label} | {' | '.join(cells)} |")
+    print()
+    for result in run.systems:
+        if result.image is not None:
+            facts = result.image
+            print(
+                f"* {result.system}: image {_mib(facts.compressed)} MiB {facts.compression}, "
+                f"{_mib(facts.unpacked)} MiB unpacked, built in {result.build_seconds} s"
+            )
+
+
+def load_run(path: Path) -> Run:
+    """A run saved with --json, back as objects."""
+    data = json.loads(path.read_text())
+    run = Run(accel=data["accel"], memory=data["memory"])
+    for saved in data["systems"]:
+        image = saved.get("image")
+        estimate = saved.get("estimate_mib")
+        run.systems.append(
+            SystemRun(
+                system=saved["system"],
+                image=None
+                if image is None
+                else ImageFacts(**{**image, "biggest": [tuple(b) for b in image["biggest"]]}),
+                build_seconds=saved.get("build_seconds"),
+                estimate_mib=None if estimate is None else (estimate[0], estimate[1]),
+                attempts=[Attempt(**a) for a in saved["attempts"]],
+            )
+        )
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"default {DEFAULT_SIZES}")
@@ -650,7 +726,15 @@ def main(argv: list[str] | None = None) -> int:
         "--name", default="bench_capture", help="artefact directory under .cache/vm/artifacts"
     )
     parser.add_argument("--analyze", type=Path, help="only measure this initramfs file")
+    parser.add_argument(
+        "--from-json", type=Path, help="print the tables of a run saved with --json; no guest"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        run = load_run(args.from_json)
+        print_table(run)
+        print_markdown(run)
+        return 0
     if args.analyze:
         print_image(args.analyze.name, SystemRun(system="-", image=analyze_image(args.analyze)))
         return 0
@@ -658,6 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     for result in run.systems:
         print_image(result.system, result)
     print_table(run)
+    print_markdown(run)
     if args.json:
         args.json.write_text(json.dumps(asdict(run), indent=2) + "\n")
     ok = all(any(a.outcome == "ok" for a in r.attempts) for r in run.systems)

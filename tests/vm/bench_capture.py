@@ -198,6 +198,7 @@ KDUMP_TOOLS_DEBS: tuple[str, ...] = (
     "libmagic-mgc",
     "bsdextrautils",
     "bsdmainutils",
+    "ncal",
     "linux-base",
 )
 #: Where the .debs are kept on this machine between runs (under the repository).
@@ -244,20 +245,23 @@ class KdumpdSystem:
     name = "kdumpd"
     service = "kdumpd"
 
-    def __init__(self, deb: str) -> None:
+    def __init__(self, deb: str, *, time_build: bool = False) -> None:
         self.deb = deb
+        self.time_build = time_build
         #: kdumpctl estimate's estimated and recommended sizes (MiB) after the build.
         self.estimate_mib: tuple[int, int] | None = None
 
-    def install(self, guest: Guest, say: Callable[[str], None]) -> tuple[str, float]:
-        """Install, arm; time a forced rebuild; return the image's path in the guest."""
+    def install(self, guest: Guest, say: Callable[[str], None]) -> tuple[str, float | None]:
+        """Install, arm (time a forced rebuild if asked); return the image's path in the guest."""
         say("kdumpd: installing and building the capture image (first build)")
         arm_guest(guest, self.deb)
         kver = guest.ssh("uname -r").stdout.strip()
-        say("kdumpd: timing a forced rebuild: kdumpctl rebuild")
-        started = time.monotonic()
-        guest.ssh("kdumpctl rebuild", timeout=1200)
-        seconds = round(time.monotonic() - started, 1)
+        seconds = None
+        if self.time_build:
+            say("kdumpd: timing a forced rebuild: kdumpctl rebuild")
+            started = time.monotonic()
+            guest.ssh("kdumpctl rebuild", timeout=1200)
+            seconds = round(time.monotonic() - started, 1)
         # What kdumpctl estimate recommends for this image, to set beside what worked.
         estimate = guest.ssh("kdumpctl --json estimate", check=False)
         try:
@@ -300,7 +304,7 @@ class KdumpToolsSystem:
     def __init__(self, debs: list[Path]) -> None:
         self.debs = debs
 
-    def install(self, guest: Guest, say: Callable[[str], None]) -> tuple[str, float]:
+    def install(self, guest: Guest, say: Callable[[str], None]) -> tuple[str, float | None]:
         say("kdump-tools: installing " + " ".join(d.name for d in self.debs))
         guest.ssh(
             "rm -rf /tmp/kt && mkdir /tmp/kt " "/etc/systemd/system/kdump-tools-dump.service.d"
@@ -479,6 +483,7 @@ class SystemRun:
     build_seconds: float | None = None
     estimate_mib: tuple[int, int] | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    error: str = ""
 
 
 @dataclass
@@ -573,13 +578,20 @@ def measure(args: argparse.Namespace) -> Run:
     systems: list[System] = []
     for name in names:
         if name == "kdumpd":
-            systems.append(KdumpdSystem(args.deb or build_deb()))
+            systems.append(KdumpdSystem(args.deb or build_deb(), time_build=args.time_build))
         else:
             systems.append(KdumpToolsSystem(kdump_tools_debs(say)))
     root = fresh_artifacts(args.name)
     run = Run(accel=accel, memory=args.memory)
     for system in systems:
-        run.systems.append(measure_system(system, args, image, accel, root))
+        try:
+            run.systems.append(measure_system(system, args, image, accel, root))
+        except Exception as exc:  # one system's broken set-up must not cost the other's figures
+            say(f"{system.name}: the measurement stopped: {exc}")
+            run.systems.append(SystemRun(system=system.name, error=str(exc)[-2000:]))
+        if args.json:
+            # Saved after every system: a long run that stops early keeps what it measured.
+            args.json.write_text(json.dumps(asdict(run), indent=2) + "\n")
     return run
 
 
@@ -688,6 +700,8 @@ def print_markdown(run: Run) -> None:
                 f"* {result.system}: image {_mib(facts.compressed)} MiB {facts.compression}, "
                 f"{_mib(facts.unpacked)} MiB unpacked, built in {result.build_seconds} s"
             )
+        if result.error:
+            print(f"* {result.system}: the measurement stopped: {result.error.splitlines()[0]}")
 
 
 def load_run(path: Path) -> Run:
@@ -706,6 +720,7 @@ def load_run(path: Path) -> Run:
                 build_seconds=saved.get("build_seconds"),
                 estimate_mib=None if estimate is None else (estimate[0], estimate[1]),
                 attempts=[Attempt(**a) for a in saved["attempts"]],
+                error=saved.get("error", ""),
             )
         )
     return run
@@ -719,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--memory", default="2048M", help="guest RAM (default 2048M)")
     parser.add_argument("--deb", help="a built kdumpd .deb (default: build one from this tree)")
+    parser.add_argument(
+        "--time-build", action="store_true", help="also time a forced kdumpctl rebuild"
+    )
     parser.add_argument("--capture-timeout", type=float, default=300.0)
     parser.add_argument("--arm-timeout", type=float, default=300.0)
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -696,9 +696,10 @@ def print_markdown(run: Run) -> None:
     for result in run.systems:
         if result.image is not None:
             facts = result.image
+            built = "" if result.build_seconds is None else f", built in {result.build_seconds} s"
             print(
                 f"* {result.system}: image {_mib(facts.compressed)} MiB {facts.compression}, "
-                f"{_mib(facts.unpacked)} MiB unpacked, built in {result.build_seconds} s"
+                f"{_mib(facts.unpacked)} MiB unpacked{built}"
             )
         if result.error:
             print(f"* {result.system}: the measurement stopped: {result.error.splitlines()[0]}")

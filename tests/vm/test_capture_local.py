@@ -19,7 +19,7 @@ from harness import Guest
 from scenario import arm_guest, check_local_dump, crash_and_wait
 
 #: The smallest reservation claimed for a local dump (README, "The capture environment").
-CLAIMED_LOCAL = "144M"
+CLAIMED_LOCAL = "128M"
 CRASHKERNEL = os.environ.get("KDUMPD_VM_LOCAL_CRASHKERNEL", CLAIMED_LOCAL)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from kdumpd import host, manager
+from kdumpd import host, manager, proc
 from kdumpd.config import load_sysconfig
 from kdumpd.config.sysconfig import SysConfig
 from kdumpd.errors import (
@@ -180,6 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("reset-crashkernel", "set crashkernel= of the boot entries to the default")
     sub.add_argument("options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     add("setup-crypttab", "let systemd-cryptsetup keep LUKS keys for kdump")
+    sub = add("dmesg", "print the kernel log of a saved dump (read by kdumpd itself)")
+    sub.add_argument("dump", metavar="DUMP", type=Path, help="a dump file or dump directory")
+    sub = add("dumps", "list the saved dumps, newest first; 'dumps show DUMP' reports one")
+    sub.add_argument("action", nargs="?", choices=("show",), help="show the crash report of DUMP")
+    sub.add_argument("dump", nargs="?", metavar="DUMP", help="dump directory, file or name")
+    sub = add("analyze", "open a dump in crash with its debug kernel, or print a report")
+    sub.add_argument("dump", metavar="DUMP", type=Path, help="a dump file or dump directory")
+    sub.add_argument(
+        "--report",
+        action="store_true",
+        help="print tasks, backtraces and memory (drgn) instead of starting crash",
+    )
+    sub.add_argument(
+        "--vmlinux", metavar="FILE", type=Path, help="the debug kernel (default: searched)"
+    )
     return parser
 
 
@@ -340,6 +355,143 @@ def cmd_pending(ctx: Context, args: argparse.Namespace) -> int:
     raise UnsupportedCommand(f"kdumpctl {args.command}: not implemented yet")
 
 
+def cmd_dmesg(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl dmesg DUMP: the crashed kernel's log, from kdumpd's own reader."""
+    from kdumpd.postcrash.dumps import find_dump
+    from kdumpd.vmcore.dump import open_dump
+    from kdumpd.vmcore.printk import read_kernel_log
+
+    path = find_dump(args.dump)
+    with open_dump(path) as dump:
+        log = read_kernel_log(dump)
+        text = log.text()
+        if ctx.json:
+            ctx.emit(
+                {
+                    "command": "dmesg",
+                    "dump": str(path),
+                    "format": dump.format,
+                    "layout": log.layout,
+                    "records": len(log.records),
+                    "text": text,
+                }
+            )
+            return ExitCode.OK
+    if not dump.complete:
+        ctx.messages.warn(f"{path} is incomplete; the log may be cut short")
+    ctx.stdout.write(text)
+    ctx.stdout.flush()
+    return ExitCode.OK
+
+
+def cmd_dumps(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl dumps [show DUMP]: the saved dumps of this machine, or one crash report."""
+    from kdumpd.postcrash import dumps
+
+    if args.action is None:
+        if args.dump is not None:
+            raise UsageError(
+                f"kdumpctl dumps: unexpected {args.dump!r}; did you mean 'dumps show'?"
+            )
+        found, roots = manager.saved_dumps(ctx.paths, ctx.messages)
+        if ctx.json:
+            ctx.emit({"command": "dumps", "dumps": [d.to_json() for d in found]})
+        else:
+            _render_dump_list(ctx, found, roots)
+        return ExitCode.OK
+    if args.dump is None:
+        raise UsageError("kdumpctl dumps show: name the dump (a directory, file or name)")
+    roots = manager.dump_locations(ctx.paths, ctx.messages)
+    info = dumps.read_dump_dir(_dump_directory(args.dump, roots))
+    if ctx.json:
+        body = info.to_json()
+        body["report"] = info.report.to_json() if info.report else None
+        ctx.emit({"command": "dumps show", "dump": body})
+    else:
+        ctx.stdout.write(dumps.crash_report(info) + "\n")
+    return ExitCode.OK
+
+
+def _dump_directory(name: str, roots: Sequence[Path]) -> Path:
+    from kdumpd.postcrash.dumps import DumpNotFound
+
+    given = Path(name)
+    if given.is_file():
+        return given.parent
+    if given.is_dir():
+        return given
+    for root in roots:
+        if (root / name).is_dir():
+            return root / name
+    raise DumpNotFound(
+        f"{name}: no such dump directory or file (looked in {', '.join(map(str, roots))})"
+    )
+
+
+def _render_dump_list(ctx: Context, found: Sequence[Any], roots: Sequence[Path]) -> None:
+    if not found:
+        ctx.messages.info(f"no dumps in {', '.join(map(str, roots))}")
+        return
+    rows = [("CRASH TIME", "KERNEL", "STATE", "SIZE", "CAUSE", "SAVED BY", "DIRECTORY")]
+    for d in found:
+        rows.append(
+            (
+                d.crash_time.strftime("%Y-%m-%d %H:%M:%S") if d.crash_time else "-",
+                d.kernel_release or "-",
+                "complete" if d.complete else "incomplete",
+                _human_size(d.size),
+                d.cause or "-",
+                d.saved_by,
+                str(d.directory),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        ctx.stdout.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def cmd_analyze(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl analyze DUMP [--report]: crash with the right vmlinux, or a drgn report."""
+    from kdumpd.postcrash import analyze
+    from kdumpd.postcrash.dumps import find_dump
+    from kdumpd.vmcore.dump import open_dump
+
+    path = find_dump(args.dump)
+    with open_dump(path) as dump:
+        release = dump.osrelease
+        build_id = dump.vmcoreinfo.build_id
+        flattened = dump.flattened
+    if args.report and flattened:
+        # libkdumpfile before 0.5.3 (Debian 12 has 0.5.1), under drgn, cannot read streams.
+        raise analyze.AnalysisError(
+            f"{path} is a flattened stream, which drgn here cannot read: rebuild it with "
+            f"'makedumpfile -R {path.parent}/vmcore < {path}' and analyze that file"
+        )
+    debug = analyze.find_debug_kernel(ctx.paths, release, build_id, explicit=args.vmlinux)
+    ctx.messages.info(f"debug kernel: {debug.path} ({debug.how})")
+    if args.report:
+        result = analyze.report(path, debug.path, release or "unknown")
+        if ctx.json:
+            ctx.emit({"command": "analyze", "dump": str(path), "report": result.to_json()})
+        else:
+            ctx.stdout.write(result.to_text())
+        return ExitCode.OK
+    if ctx.json:
+        raise UsageError("kdumpctl analyze: --json needs --report (crash is interactive)")
+    proc.run(analyze.crash_argv(debug.path, path), interactive=True, timeout=None)
+    return ExitCode.OK
+
+
 Command = Callable[[Context, argparse.Namespace], int]
 
 COMMANDS: dict[str, Command] = {
@@ -351,6 +503,9 @@ COMMANDS: dict[str, Command] = {
     **dict.fromkeys(MANAGER_COMMANDS, cmd_manager),
     "propagate": cmd_propagate,
     **dict.fromkeys(PENDING_COMMANDS, cmd_pending),
+    "dmesg": cmd_dmesg,
+    "dumps": cmd_dumps,
+    "analyze": cmd_analyze,
 }
 
 

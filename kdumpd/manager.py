@@ -40,7 +40,8 @@ from kdumpd.image import build, manifest
 from kdumpd.messages import Messages
 from kdumpd.paths import Paths
 from kdumpd.planner import compile_full
-from kdumpd.postcrash import raw_import
+from kdumpd.postcrash import dumps, raw_import
+from kdumpd.postcrash.dumps import DumpInfo
 from kdumpd.targets import ssh
 
 STARTING_OK = "Starting kdump: [OK]"
@@ -596,3 +597,18 @@ __all__ = [
     "start",
     "stop",
 ]
+
+
+def dump_locations(paths: Paths, messages: Messages) -> list[Path]:
+    """Where the configured target's dumps are on this machine (notes on targets
+    elsewhere go to messages)."""
+    roots, notes = dumps.dump_roots(paths, load_kdump_conf(paths).config)
+    for note in notes:
+        messages.info(note)
+    return roots
+
+
+def saved_dumps(paths: Paths, messages: Messages) -> tuple[list[DumpInfo], list[Path]]:
+    """kdumpctl dumps: the dumps this machine sees, newest first, and where it looked."""
+    roots = dump_locations(paths, messages)
+    return dumps.read_dump_dirs(roots), roots

@@ -2,4 +2,6 @@
 
 ``raw_import``: a raw device's flattened stream brought home into /var/crash.
 ``report``: what the saved kernel log says about the crash.
+``dumps``: the saved dumps this machine sees (listing, crash report).
+``analyze``: the debug kernel matching a dump, crash's command line, the drgn report.
 """

@@ -301,8 +301,9 @@ class KdumpToolsSystem:
     name = "kdump-tools"
     service = "kdump-tools"
 
-    def __init__(self, debs: list[Path]) -> None:
+    def __init__(self, debs: list[Path], *, time_build: bool = False) -> None:
         self.debs = debs
+        self.time_build = time_build
 
     def install(self, guest: Guest, say: Callable[[str], None]) -> tuple[str, float | None]:
         say("kdump-tools: installing " + " ".join(d.name for d in self.debs))
@@ -327,11 +328,14 @@ class KdumpToolsSystem:
             guest.copy_to(dropin, "/etc/systemd/system/kdump-tools-dump.service.d/bench.conf")
         guest.ssh("chmod 0755 /usr/local/sbin/bench-meminfo && systemctl daemon-reload")
         kver = guest.ssh("uname -r").stdout.strip()
-        say("kdump-tools: timing its image build: the kernel postinst hook")
-        guest.ssh("kdump-config unload; rm -f /var/lib/kdump/initrd.img-*", check=False)
-        started = time.monotonic()
-        guest.ssh(f"/etc/kernel/postinst.d/kdump-tools {kver}", timeout=1200)
-        seconds = round(time.monotonic() - started, 1)
+        seconds = None
+        if self.time_build:
+            # The package's postinst built the image already; this times a second build.
+            say("kdump-tools: timing its image build: the kernel postinst hook")
+            guest.ssh("kdump-config unload; rm -f /var/lib/kdump/initrd.img-*", check=False)
+            started = time.monotonic()
+            guest.ssh(f"/etc/kernel/postinst.d/kdump-tools {kver}", timeout=1200)
+            seconds = round(time.monotonic() - started, 1)
         guest.ssh("systemctl enable kdump-tools && systemctl restart kdump-tools", timeout=600)
         loaded = guest.ssh("cat /sys/kernel/kexec_crash_loaded").stdout.strip()
         if loaded != "1":
@@ -580,7 +584,7 @@ def measure(args: argparse.Namespace) -> Run:
         if name == "kdumpd":
             systems.append(KdumpdSystem(args.deb or build_deb(), time_build=args.time_build))
         else:
-            systems.append(KdumpToolsSystem(kdump_tools_debs(say)))
+            systems.append(KdumpToolsSystem(kdump_tools_debs(say), time_build=args.time_build))
     root = fresh_artifacts(args.name)
     run = Run(accel=accel, memory=args.memory)
     for system in systems:
@@ -736,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", default="2048M", help="guest RAM (default 2048M)")
     parser.add_argument("--deb", help="a built kdumpd .deb (default: build one from this tree)")
     parser.add_argument(
-        "--time-build", action="store_true", help="also time a forced kdumpctl rebuild"
+        "--time-build", action="store_true", help="also time a second image build of each system"
     )
     parser.add_argument("--capture-timeout", type=float, default=300.0)
     parser.add_argument("--arm-timeout", type=float, default=300.0)

@@ -207,6 +207,11 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     status = host.read_status(ctx.paths)
     if not status.operational and status.reason:
         ctx.messages.error(status.reason)
+    client = _daemon(ctx)
+    if client is not None:
+        # a rejected edit leaves kdump armed with the older configuration: say why
+        for line in client.last_error().splitlines():
+            ctx.messages.warn(line)
     verdict = "Kdump is operational" if status.operational else "Kdump is not operational"
     ctx.messages.info(verdict)
     if ctx.json:
@@ -330,8 +335,39 @@ def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
     return ExitCode.OK if not errors else ExitCode.FAILURE
 
 
+def _daemon(ctx: Context) -> Any:
+    """A client of the running kdumpd (kdumpd.daemon.bus.Client), or None to act directly.
+
+    The daemon owns the kexec state while it runs; without it (package scripts,
+    rescue shells) or with ``--root`` kdumpctl does the work itself.
+    """
+    if ctx.paths.root != Path("/"):
+        return None
+    try:
+        from kdumpd.daemon.bus import Client
+    except ImportError:  # no dasbus/gi: there can be no daemon either
+        return None
+    return Client() if Client.daemon_running() else None
+
+
+class DaemonCallFailed(KdumpError):
+    """The daemon ran the use case and it failed; its lines were printed already."""
+
+    reported = True
+
+
 def cmd_manager(ctx: Context, args: argparse.Namespace) -> int:
     """start, stop, restart, reload, rebuild: the use cases of kdumpd.manager."""
+    client = _daemon(ctx)
+    if client is not None:
+        lines, error = client.call(args.command)
+        for line in lines:
+            ctx.messages.info(line)
+        if error is not None:
+            raise DaemonCallFailed(lines[-1] if lines else error)
+        if ctx.json:
+            ctx.emit({"command": args.command, "ok": True})
+        return ExitCode.OK
     MANAGER_COMMANDS[args.command](ctx.paths, ctx.messages)
     if ctx.json:
         ctx.emit({"command": args.command, "ok": True})

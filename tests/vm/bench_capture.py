@@ -243,7 +243,7 @@ class KdumpdSystem:
     """kdumpd from this tree's .deb."""
 
     name = "kdumpd"
-    service = "kdumpd"
+    service = "kdump.service"  # kdumpd.service is a symlink to it
 
     def __init__(self, deb: str, *, time_build: bool = False) -> None:
         self.deb = deb

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kdumpd import proc
-from kdumpd.capture import sinks
+from kdumpd.capture import memory, sinks
 from kdumpd.capture.actions import ActionExecutor
 from kdumpd.capture.base import FileSink, Sink, StreamSink
 from kdumpd.capture.collector import (
@@ -357,6 +357,13 @@ def _save_dmesg(ctx: CaptureContext, sink: FileSink, record: DumpRecord) -> None
         record.data["dmesg"] = {"file": DMESG_INCOMPLETE, "tool": None}
 
 
+def _log_memory(ctx: CaptureContext, record: DumpRecord) -> None:
+    """Where the reservation went, just before the collector needs what is left."""
+    now = memory.snapshot(ctx.paths)
+    ctx.log.info(now.line())
+    record.data["memory_before_collector"] = now.to_json()
+
+
 def _stream_own_dmesg(
     ctx: CaptureContext, sink: StreamSink, record: DumpRecord, step: dict[str, Any]
 ) -> None:
@@ -388,6 +395,7 @@ def _save_vmcore(ctx: CaptureContext, sink: FileSink, record: DumpRecord) -> Non
     collector: dict[str, Any] = {"argv": argv, "returncode": None, "error": None}
     record.data["collector"] = collector
     record.data["fallback"] = {"used": False, "reason": None}
+    _log_memory(ctx, record)
     ctx.log.info(f"saving vmcore: {' '.join(argv)}")
     with record.step("collector") as step:
         try:
@@ -452,6 +460,7 @@ def _save_streams(ctx: CaptureContext, sink: StreamSink, record: DumpRecord) -> 
     collector: dict[str, Any] = {"argv": argv, "returncode": None, "error": None}
     record.data["collector"] = collector
     record.data["fallback"] = {"used": False, "reason": "no fallback for stream targets"}
+    _log_memory(ctx, record)
     ctx.log.info(f"saving vmcore: {' '.join(argv)} > {sink.location}")
     # The collector's messages only pass through to the console here: keep a bounded
     # copy to find its warnings (the kernel-version line).

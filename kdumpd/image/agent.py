@@ -42,6 +42,7 @@ AGENT_FILES: tuple[str, ...] = (
     "kdumpd/capture/fs.py",
     "kdumpd/capture/hooks.py",
     "kdumpd/capture/log.py",
+    "kdumpd/capture/memory.py",
     "kdumpd/capture/raw.py",
     "kdumpd/capture/sinks.py",
     "kdumpd/capture/ssh.py",

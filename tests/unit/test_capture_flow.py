@@ -294,6 +294,29 @@ def test_dump_dir_name_matches_kdump_utils() -> None:
     )
 
 
+def test_memory_is_reported_on_the_console_before_the_collector(
+    fake_root: Paths, programs: ProgramStub, vmcore: Path
+) -> None:
+    write(fake_root.proc_meminfo, "MemTotal: 98304 kB\nMemAvailable: 40960 kB\n")
+    write(fake_root.under_root("/proc/1/status"), "Name:\tsystemd\nVmRSS:\t10240 kB\n")
+    programs.expect("vmcore-dmesg", stdout="[0.0] hello\n")
+    programs.expect_call("makedumpfile", collector_writes())
+    agent = Agent(fake_root, vmcore, make_plan())
+    assert agent.run() == 0
+    console = agent.console.getvalue()
+    memory_line = (
+        "kdumpd: memory: MemTotal 96.0 MiB, MemAvailable 40.0 MiB; largest: systemd 10.0 MiB"
+    )
+    assert memory_line in console
+    assert console.index(memory_line) < console.index("kdumpd: saving vmcore: makedumpfile")
+    meta = json.loads((dump_dir(fake_root) / "kdumpd-metadata.json").read_text())
+    assert meta["memory_before_collector"] == {
+        "meminfo_kib": {"MemTotal": 98304, "MemAvailable": 40960},
+        "largest_kib": [["systemd", 10240]],
+        "slab_kib": [],
+    }
+
+
 def test_both_dmesg_tools_failing_falls_back_to_kdumpd_reader(
     fake_root: Paths, programs: ProgramStub, vmcore: Path
 ) -> None:

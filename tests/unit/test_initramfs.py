@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -148,6 +149,8 @@ def test_render_writes_every_template(tmp_path: Path) -> None:
     assert "ConditionPathExists=/proc/vmcore" in service
     assert "ExecStart=/usr/lib/kdumpd/kdumpd-agent.sh\n" in service
     assert "OnFailure=emergency.target" in service
+    assert "StandardOutput=tty\nStandardError=tty\nTTYPath=/dev/console\n" in service
+    assert "journal+console" not in service  # the image has no journal
     emergency = (tmp_path / "kdumpd-emergency.service").read_text()
     assert "ExecStart=-/usr/lib/kdumpd/kdumpd-agent.sh --error-handler" in emergency
     assert "ExecStart=systemctl --force reboot" in emergency  # shell falls back to reboot
@@ -604,8 +607,12 @@ def test_real_dracut_builds_and_the_agent_starts_in_the_image(
         "usr/lib/python3.11/json/__init__.py",
         "usr/lib/systemd/system/initrd.target.wants/kdumpd-capture.service",
         "usr/bin/makedumpfile",
+        # no journal in the reservation: masked, its daemon left out
+        "usr/lib/systemd/system/systemd-journald.service -> /dev/null",
+        "usr/lib/systemd/system/systemd-journald.socket -> /dev/null",
     ):
         assert wanted in listing, wanted
+    assert not re.search(r"usr/lib/systemd/systemd-journald$", listing, re.M), listing
 
 
 @pytest.mark.integration

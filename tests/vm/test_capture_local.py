@@ -8,11 +8,16 @@ own reader (``kdumpctl dmesg``), which must agree byte for byte with vmcore-dmes
 debug kernel ``kdumpctl analyze`` names the package to install; on the host, with
 the debug vmlinux of the guest kernel, ``kdumpctl analyze --report`` lists every
 task the guest's ``ps`` showed before the crash.
+
+The guest reserves the smallest crashkernel= the README claims for a local target
+(measured by tests/vm/bench_capture.py), so this scenario proves that claim on every
+run; KDUMPD_VM_LOCAL_CRASHKERNEL overrides it to probe another size.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +28,14 @@ from scenario import PANIC_LINE, arm_guest, check_local_dump, crash_and_wait, kd
 from kdumpd import proc
 
 MARKER = "kdumpd-vm-marker: the last line before the crash"
+
+#: The smallest reservation claimed for a local dump (README, "The capture environment").
+CLAIMED_LOCAL = "128M"
+CRASHKERNEL = os.environ.get("KDUMPD_VM_LOCAL_CRASHKERNEL", CLAIMED_LOCAL)
+
+
+def _mib(size: str) -> int:
+    return int(size.rstrip("Mm"))
 
 
 def _tasks_before_crash(guest: Guest) -> dict[int, str]:
@@ -40,11 +53,14 @@ def _tasks_before_crash(guest: Guest) -> dict[int, str]:
 def test_local_default_path(
     make_guest: Callable[..., Guest], kdumpd_deb: str, debug_vmlinux: Path
 ) -> None:
-    guest = make_guest()
+    guest = make_guest(crashkernel=CRASHKERNEL)
     guest.start()
     guest.wait_for_ssh()
     arm_guest(guest, kdumpd_deb)
     release = guest.ssh("uname -r").stdout.strip()
+    # kdumpctl estimate never recommends less than the size this scenario proves.
+    estimate = json.loads(guest.ssh("kdumpctl --json estimate").stdout)
+    assert estimate["recommended_bytes"] >> 20 >= _mib(CLAIMED_LOCAL), estimate
 
     before = _tasks_before_crash(guest)
     guest.ssh(f"echo '{MARKER}' > /dev/kmsg")
@@ -53,6 +69,8 @@ def test_local_default_path(
     dump = check_local_dump(guest, "/var/crash")
     meta = json.loads(guest.ssh(f"cat {dump}/kdumpd-metadata.json").stdout)
     assert meta["result"] == "success", meta
+    # The agent said where the memory was just before makedumpfile started.
+    assert meta["memory_before_collector"]["meminfo_kib"]["MemAvailable"] > 0, meta
     # Debian 12's makedumpfile 1.7.2 does not know 6.1 and says so; the metadata keeps it.
     assert "The kernel version is not supported." in meta["collector"]["warnings"], meta
 

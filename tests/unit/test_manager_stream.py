@@ -12,6 +12,7 @@ from kdumpd.contract.plan import NetworkSpec, SshSpec
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
 from kdumpd.postcrash import raw_import
+from kdumpd.targets import raw as raw_target
 from kdumpd.targets import ssh
 from tests.conftest import ProgramStub, write
 
@@ -43,7 +44,7 @@ def test_start_refuses_to_arm_over_a_dump_it_cannot_import(
 
     monkeypatch.setattr(raw_import, "import_raw_dump", failing_import)
     # The tree has no block device: the target's own checks are tested in test_target_raw.
-    monkeypatch.setattr(manager.raw_target, "check_raw_device", lambda *a, **k: [])
+    monkeypatch.setattr(raw_target, "check_raw_device", lambda *a, **k: [])
     kexec_kernel_tracking(system, programs, 0)
     messages = RecordedMessages()
     with pytest.raises(manager.ArmingFailed):

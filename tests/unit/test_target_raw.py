@@ -16,6 +16,7 @@ from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
 from kdumpd.postcrash import raw_import
 from kdumpd.targets import raw
+from kdumpd.targets import raw as raw_target
 from kdumpd.vmcore import flattened
 from tests.conftest import ProgramStub, write
 from tests.support import flattened_writer
@@ -369,7 +370,7 @@ def test_start_arms_over_an_unusable_stream(
     from kdumpd import manager
 
     # A regular file stands in for the device here: only the import is under test.
-    monkeypatch.setattr(manager.raw_target, "check_raw_device", lambda *a, **k: [])
+    monkeypatch.setattr(raw_target, "check_raw_device", lambda *a, **k: [])
     write(fake_root.kdump_conf, "raw /dev/kdump\ncore_collector makedumpfile -F -l -d 31\n")
     image = fake_root.under_root("/dev/kdump")
     image.parent.mkdir(parents=True)

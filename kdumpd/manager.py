@@ -167,13 +167,23 @@ def _shown(paths: Paths, location: Path) -> str:
         return str(location)
 
 
-def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
+def prepare(
+    paths: Paths,
+    messages: Messages,
+    *,
+    image: str,
+    kernel_release: str | None = None,
+    cmdline_append: str = "",
+) -> Arming:
     """Validate the configuration and compute everything a load needs; disarm nothing.
 
     ``image`` says what to do with the capture initramfs:
     ``"auto"`` rebuilds it when the rebuild decision asks for it (start, restart),
     ``"keep"`` only builds a missing image and otherwise warns that it is stale
     (reload: §3.7 reloads without rebuilding), ``"force"`` always rebuilds.
+    ``kernel_release`` builds for another installed kernel than the one the
+    variables file and the running system name (kernel install hooks);
+    ``cmdline_append`` is added to the capture command line (kdumpctl test's id).
     Raises ConfigError (every problem with file:line) or another KdumpError.
     """
     parsed = load_kdump_conf(paths)
@@ -184,7 +194,7 @@ def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
         messages.warn(str(problem))
 
     notes: list[str] = []
-    kver = host.kernel_release(paths, sysconfig, notes=notes)
+    kver = kernel_release or host.kernel_release(paths, sysconfig, notes=notes)
     for note in notes:
         messages.info(note)
     kernel = host.find_kernel(paths, sysconfig, kver)
@@ -196,6 +206,8 @@ def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
         watchdog_drivers=capture_cmdline.active_watchdog_drivers(paths, kernel_release=kver),
         graviton=capture_cmdline.is_aws_graviton(paths),
     )
+    if cmdline_append:
+        cmdline = f"{cmdline} {cmdline_append}"
     compiled = compile_full(parsed.config, sysconfig, paths, kernel_release=kver)
     for warning in compiled.warnings:
         messages.warn(str(warning))
@@ -438,19 +450,22 @@ def restart(paths: Paths, messages: Messages) -> None:
         _replace(paths, messages, image="auto")
 
 
-def reload(paths: Paths, messages: Messages) -> None:
-    """Re-load kernel and image without rebuilding (§3.7), after validating the configuration."""
+def reload(paths: Paths, messages: Messages, *, cmdline_append: str = "") -> None:
+    """Re-load kernel and image without rebuilding (§3.7), after validating the configuration.
+
+    ``cmdline_append`` goes on the capture command line of this load only.
+    """
     with instance_lock(paths, messages):
         if not host.crash_loaded(paths):
             messages.warn(NOT_RUNNING)
-        _replace(paths, messages, image="keep")
+        _replace(paths, messages, image="keep", cmdline_append=cmdline_append)
 
 
-def _replace(paths: Paths, messages: Messages, *, image: str) -> None:
+def _replace(paths: Paths, messages: Messages, *, image: str, cmdline_append: str = "") -> None:
     try:
         check_feasible(paths)
         import_pending_raw_dump(paths, messages)
-        arming = prepare(paths, messages, image=image)
+        arming = prepare(paths, messages, image=image, cmdline_append=cmdline_append)
     except KdumpError as exc:
         failed = _fail(messages, exc, STARTING_FAILED)
         _keep_old_note(paths, messages)

@@ -81,6 +81,19 @@ def default_crashkernel(
     return crashkernel.default_crashkernel(arch, mode=mode)
 
 
+def _default_cache(paths: Paths, arch: str, sysconfig: SysConfig) -> Callable[[str, str], str]:
+    """default_crashkernel, asked once per (mode, kernel): it reads the kernel log."""
+    known: dict[tuple[str, str], str] = {}
+
+    def get(mode: str, kernel_release: str) -> str:
+        key = (mode, kernel_release if canonical_arch(arch) == "aarch64" else "")
+        if key not in known:
+            known[key] = default_crashkernel(paths, arch, mode, sysconfig, kernel_release)
+        return known[key]
+
+    return get
+
+
 def _memory_note(paths: Paths, value: str, messages: Messages) -> None:
     """kdump-utils' warning when the default reserves nothing on this machine."""
     try:
@@ -176,10 +189,11 @@ def reset_crashkernel(
         )
     changes: list[Change] = []
     unchanged: list[Location] = []
+    default_for = _default_cache(paths, arch, sysconfig)
     for loc in chosen:
         wanted_fadump = fadump if fadump is not None else loc.value("fadump")
         mode = "fadump" if wanted_fadump in ("on", "nocma") else "kdump"
-        value = default_crashkernel(paths, arch, mode, sysconfig, loc.version or release)
+        value = default_for(mode, loc.version or release)
         mine = [Change(loc, "crashkernel", loc.value("crashkernel"), value)]
         if fadump is not None:
             mine.append(
@@ -236,11 +250,12 @@ def auto_reset(
     release = sysconfig.kernelver or running_release
     record = bootloader.read_record(paths)
     changes: list[Change] = []
+    default_for = _default_cache(paths, arch, sysconfig)
     for loc in bootloader.locations(paths):
         if kernel_release is not None and (loc.kind != BLS or loc.version != kernel_release):
             continue
         mode = "fadump" if loc.value("fadump") in ("on", "nocma") else "kdump"
-        default = default_crashkernel(paths, arch, mode, sysconfig, loc.version or release)
+        default = default_for(mode, loc.version or release)
         current = loc.value("crashkernel")
         recorded = _recorded(paths, record, loc)
         if current is None and recorded is None:

@@ -493,12 +493,20 @@ def apply(paths: Paths, changes: Iterable[Change]) -> list[Change]:
     drop_in = drop_in_path(paths)
     for (kind, _), items in groups.items():
         location = items[0].location
-        if kind == GRUB:
-            _apply_grub(paths, location, items)
-        elif kind == BLS:
-            _apply_bls(paths, location, items)
-        else:
-            _apply_kernel_cmdline(location, items)
+        try:
+            if kind == GRUB:
+                _apply_grub(paths, location, items)
+            elif kind == BLS:
+                _apply_bls(paths, location, items)
+            else:
+                _apply_kernel_cmdline(location, items)
+        except OSError as exc:
+            where = (
+                shown(paths, Path(exc.filename)) if exc.filename else shown(paths, location.file)
+            )
+            raise BootConfigError(
+                f"cannot change {where}: {exc.strerror}; run kdumpctl as root"
+            ) from exc
         for change in items:
             origin = location.source.get(change.name) if kind == GRUB else None
             admins = origin is not None and origin != drop_in
@@ -509,8 +517,14 @@ def apply(paths: Paths, changes: Iterable[Change]) -> list[Change]:
             else:
                 record.pop(key, None)
             done.append(change)
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
-    write_record(paths, record)
+    try:
+        paths.state_dir.mkdir(parents=True, exist_ok=True)
+        write_record(paths, record)
+    except OSError as exc:
+        raise BootConfigError(
+            f"cannot record kdumpd's boot parameters in {shown(paths, record_path(paths))}: "
+            f"{exc.strerror}; run kdumpctl as root"
+        ) from exc
     if any(kind == GRUB for kind, _ in groups):
         update_grub(paths)
     return done

@@ -320,7 +320,13 @@ def kernel_removed(paths: Paths, messages: Messages, kernel_release: str) -> lis
         initramfs.manifest_path(paths, kernel_release),
     ):
         if location.exists():
-            location.unlink()
+            try:
+                location.unlink()
+            except OSError as exc:
+                raise KdumpError(
+                    f"cannot delete {bootloader.shown(paths, location)}: {exc.strerror}; "
+                    "run kdumpctl as root"
+                ) from exc
             removed.append(location)
             messages.info(f"removed {bootloader.shown(paths, location)}")
     return removed
@@ -393,14 +399,27 @@ def run_test(
         "kdump_test_id": test_id,
         "boot_id": _boot_id(paths),
     }
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
-    bootloader.write_atomic(test_status_path(paths), _status_text(status))
+    try:
+        paths.state_dir.mkdir(parents=True, exist_ok=True)
+        bootloader.write_atomic(test_status_path(paths), _status_text(status))
+    except OSError as exc:
+        raise TestRefused(
+            f"cannot record the test in {bootloader.shown(paths, test_status_path(paths))}: "
+            f"{exc.strerror}; run kdumpctl test as root"
+        ) from exc
     manager.reload(paths, messages, cmdline_append=f"kdump_test_id={test_id}")
     messages.info(f"kdump test {test_id}: crashing the system now")
     # Whatever is in page cache reaches the disk first: the status file says a test ran.
     os.sync()
-    paths.under_root("/proc/sys/kernel/sysrq").write_text("1\n")
-    paths.sysrq_trigger.write_text("c\n")
+    try:
+        paths.under_root("/proc/sys/kernel/sysrq").write_text("1\n")
+        paths.sysrq_trigger.write_text("c\n")
+    except OSError as exc:
+        raise TestRefused(
+            f"cannot crash the system through {bootloader.shown(paths, paths.sysrq_trigger)}: "
+            f"{exc.strerror}. The capture kernel is loaded with the test id; "
+            "crash it another way (echo c > /proc/sysrq-trigger) or run kdumpctl test again"
+        ) from exc
     return test_id
 
 

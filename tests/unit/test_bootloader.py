@@ -252,3 +252,12 @@ def test_no_change_when_old_equals_new(fake_root: Paths) -> None:
     assert bootloader.apply(fake_root, [Change(location, "crashkernel", "256M", "256M")]) == []
     assert os.stat(path).st_mtime_ns == before
     assert not bootloader.record_path(fake_root).exists()
+
+
+def test_a_file_that_cannot_be_written_is_an_error_not_a_traceback(fake_root: Paths) -> None:
+    grub_tree(fake_root)
+    # /etc/default/grub.d is a file here, so the drop-in cannot be created.
+    write(fake_root.under_root("/etc/default/grub.d"), "not a directory\n")
+    [location] = bootloader.locations(fake_root)
+    with pytest.raises(BootConfigError, match=r"cannot change /etc/default/grub.d.*as root"):
+        bootloader.apply(fake_root, [Change(location, "crashkernel", None, "256M")])

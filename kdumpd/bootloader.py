@@ -104,10 +104,7 @@ def drop_in_path(paths: Paths) -> Path:
 
 def shown(paths: Paths, location: Path) -> str:
     """A tree path as the managed system names it."""
-    try:
-        return "/" + str(location.relative_to(paths.root))
-    except ValueError:
-        return str(location)
+    return paths.shown(location)
 
 
 def read_record(paths: Paths) -> dict[tuple[str, str, str], str]:

@@ -19,7 +19,6 @@ goes to stdout. With ``--json`` one JSON object goes to stdout, always with
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -28,22 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from kdumpd import crashkernel, host, lifecycle
-from kdumpd.config import (
-    check_host,
-    check_host_warnings,
-    load_kdump_conf,
-    load_sysconfig,
-)
-from kdumpd.config.sysconfig import SysConfig, canonical_arch
+from kdumpd import host, lifecycle, manager
+from kdumpd.config import load_kdump_conf, load_sysconfig
+from kdumpd.config.sysconfig import SysConfig
 from kdumpd.errors import (
     ConfigError,
     ExitCode,
     KdumpError,
     Problem,
-    UnsupportedCommand,
     user_message,
 )
+from kdumpd.estimate import format_estimate
 from kdumpd.messages import ConsoleMessages, Messages, RecordedMessages
 from kdumpd.paths import Paths
 
@@ -67,8 +61,14 @@ USAGE_COMMANDS = (
 )
 USAGE = "Usage: kdumpctl {" + "|".join(USAGE_COMMANDS) + "}"
 
-#: Commands that are use cases of kdumpd.manager: the function has the command's name.
-MANAGER_COMMANDS = ("start", "stop", "restart", "reload", "rebuild")
+#: Commands that are arming use cases of kdumpd.manager.
+MANAGER_COMMANDS: dict[str, Callable[[Paths, Messages], None]] = {
+    "start": manager.start,
+    "stop": manager.stop,
+    "restart": manager.restart,
+    "reload": manager.reload,
+    "rebuild": manager.rebuild,
+}
 
 
 class UsageError(KdumpError):
@@ -95,15 +95,6 @@ class Context:
         for problem in problems:
             self.messages.warn(str(problem))
         return config
-
-    def kernel_release(self, sysconfig: SysConfig) -> str:
-        notes: list[str] = []
-        release = host.kernel_release(
-            self.paths, sysconfig, running=self.machine.release, notes=notes
-        )
-        for note in notes:
-            self.messages.info(note)
-        return release
 
     def emit(self, document: dict[str, Any]) -> None:
         """Write one JSON document to stdout, schema_version and messages included."""
@@ -260,7 +251,7 @@ def _last_test(ctx: Context, mode: str) -> lifecycle.TestResult | None:
     except ConfigError:
         config = None
     result = lifecycle.last_test(ctx.paths, config)
-    if result.state != "pending" or result.message:
+    if result.message:
         {"info": ctx.messages.info, "warning": ctx.messages.warn, "error": ctx.messages.error}[
             result.level
         ](result.message)
@@ -284,12 +275,6 @@ def cmd_showmem(ctx: Context, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def default_crashkernel_for_host(ctx: Context, mode: str, sysconfig: SysConfig) -> str:
-    """The default crashkernel= value for this machine, gathering only the inputs its arch uses."""
-    release = ctx.kernel_release(sysconfig) if canonical_arch(ctx.arch) == "aarch64" else ""
-    return lifecycle.default_crashkernel(ctx.paths, ctx.arch, mode, sysconfig, release)
-
-
 def cmd_get_default_crashkernel(ctx: Context, args: argparse.Namespace) -> int:
     """kdumpctl get-default-crashkernel [kdump|fadump] (§4.1): the value, no newline."""
     mode = args.mode
@@ -297,7 +282,9 @@ def cmd_get_default_crashkernel(ctx: Context, args: argparse.Namespace) -> int:
         raise UsageError(
             f"kdumpctl get-default-crashkernel: unknown dump mode {mode!r}; use kdump or fadump"
         )
-    value = default_crashkernel_for_host(ctx, mode, ctx.sysconfig())
+    value = manager.default_crashkernel(
+        ctx.paths, ctx.messages, ctx.sysconfig(), machine=ctx.machine, mode=mode
+    )
     if ctx.json:
         ctx.emit(
             {
@@ -313,49 +300,17 @@ def cmd_get_default_crashkernel(ctx: Context, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _built_image(paths: Paths, kver: str) -> Path | None:
-    """The capture initramfs kdumpd builds for ``kver``, once the builder exists."""
-    try:
-        initramfs = importlib.import_module("kdumpd.initramfs")
-    except ModuleNotFoundError as exc:
-        if exc.name == "kdumpd.initramfs":
-            return None
-        raise
-    image_path = getattr(initramfs, "image_path", None)
-    if image_path is None:
-        return None
-    location = image_path(paths, kver)
-    return location if isinstance(location, Path) else None
-
-
 def cmd_estimate(ctx: Context, args: argparse.Namespace) -> int:
     """kdumpctl estimate (§4.3): reserved vs. recommended, with the parts of the estimate."""
-    paths = ctx.paths
-    sysconfig = ctx.sysconfig()
-    kver = ctx.kernel_release(sysconfig)
-    mode = host.dump_mode(paths)
-    try:
-        default = default_crashkernel_for_host(ctx, mode, sysconfig)
-    except crashkernel.CrashkernelError as exc:
-        # No default table for this machine: the estimate alone still helps.
-        ctx.messages.info(f"Note: no baseline: {exc}")
-        baseline_text = "0M"
-    else:
-        mem_gib = crashkernel.read_iomem_memory_gib(paths)
-        baseline_text = crashkernel.recommend_size(default, mem_gib)
-    try:
-        kernel_image: Path | None = host.find_kernel(paths, sysconfig, kver)
-    except host.KernelNotFound:
-        kernel_image = None
-    initrd = args.initrd if args.initrd is not None else _built_image(paths, kver)
-    estimate = host.estimate_capture_memory(
-        reserved=host.crash_size_bytes(paths, mode),
-        baseline=crashkernel.parse_size(baseline_text),
-        kernel=host.kernel_image_size(paths, kernel_image),
-        loaded=host.loaded_modules(paths),
-        image_modules=host.read_module_list(args.modules_list),
-        initramfs=initrd,
+    report = manager.estimate(
+        ctx.paths,
+        ctx.messages,
+        ctx.sysconfig(),
+        machine=ctx.machine,
+        initrd=args.initrd,
+        modules_list=args.modules_list,
     )
+    estimate, mode, kver = report.estimate, report.mode, report.kernel_release
     for note in estimate.notes:
         ctx.messages.info(f"Note: {note}")
     if ctx.json:
@@ -380,44 +335,9 @@ def cmd_estimate(ctx: Context, args: argparse.Namespace) -> int:
             }
         )
     else:
-        ctx.stdout.write("".join(line + "\n" for line in host.format_estimate(estimate)))
+        ctx.stdout.write("".join(line + "\n" for line in format_estimate(estimate)))
         ctx.stdout.flush()
     return ExitCode.OK
-
-
-def collect_config_problems(
-    paths: Paths, arch: str, override: Path | None
-) -> tuple[list[Problem], list[Problem]]:
-    """Every error and warning of kdump.conf, the host checks and the variables file.
-
-    Reads files only; starts no program. Returns ``(errors, warnings)``.
-    """
-    errors: list[Problem] = []
-    warnings: list[Problem] = []
-    try:
-        parsed = load_kdump_conf(paths, override)
-    except ConfigError as exc:
-        errors.extend(exc.problems)
-    else:
-        warnings.extend(parsed.warnings)
-        source = _display_name(paths, override if override is not None else paths.kdump_conf)
-        errors.extend(check_host(parsed.config, paths, source))
-        warnings.extend(check_host_warnings(parsed.config, paths, source))
-    try:
-        _, problems = load_sysconfig(paths, arch)
-    except ConfigError as exc:
-        errors.extend(exc.problems)
-    else:
-        warnings.extend(problems)
-    return errors, warnings
-
-
-def _display_name(paths: Paths, location: Path) -> str:
-    """A tree path as the managed system names it (``/etc/kdump.conf``)."""
-    try:
-        return "/" + str(location.relative_to(paths.root)).lstrip("/")
-    except ValueError:
-        return str(location)
 
 
 def _problem_json(problem: Problem) -> dict[str, Any]:
@@ -427,7 +347,7 @@ def _problem_json(problem: Problem) -> dict[str, Any]:
 def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
     """kdumpctl check-config [--config FILE]: validate without touching the system."""
     override = args.config.absolute() if args.config is not None else None
-    errors, warnings = collect_config_problems(ctx.paths, ctx.arch, override)
+    errors, warnings = manager.check_config(ctx.paths, ctx.arch, override)
     for warning in warnings:
         ctx.messages.warn(str(warning))
     for error in errors:
@@ -444,29 +364,9 @@ def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
     return ExitCode.OK if not errors else ExitCode.FAILURE
 
 
-def _manager_function(command: str) -> Callable[[Paths, Messages], None]:
-    """kdumpd.manager.<command>; UnsupportedCommand while it has not landed."""
-    try:
-        manager = importlib.import_module("kdumpd.manager")
-    except ModuleNotFoundError as exc:
-        if exc.name != "kdumpd.manager":
-            raise
-        raise UnsupportedCommand(f"kdumpctl {command}: not implemented yet") from None
-    except ImportError as exc:
-        # The manager exists but a module it needs has not landed yet.
-        raise UnsupportedCommand(
-            f"kdumpctl {command}: not implemented yet (kdumpd.manager cannot load: {exc})"
-        ) from None
-    function = getattr(manager, command, None)
-    if not callable(function):
-        raise UnsupportedCommand(f"kdumpctl {command}: not implemented yet")
-    return function  # type: ignore[no-any-return]
-
-
 def cmd_manager(ctx: Context, args: argparse.Namespace) -> int:
     """start, stop, restart, reload, rebuild: the use cases of kdumpd.manager."""
-    function = _manager_function(args.command)
-    function(ctx.paths, ctx.messages)
+    MANAGER_COMMANDS[args.command](ctx.paths, ctx.messages)
     if ctx.json:
         ctx.emit({"command": args.command, "ok": True})
     return ExitCode.OK
@@ -478,12 +378,9 @@ def cmd_propagate(ctx: Context, args: argparse.Namespace) -> int:
     ssh-copy-id runs on the terminal: it may ask for the server's password and
     for accepting its host key (which the capture kernel then checks strictly).
     """
-    from kdumpd.targets import ssh
-
-    config = load_kdump_conf(ctx.paths).config
-    key = ssh.propagate(config, ctx.paths, ctx.messages)
+    key = manager.propagate(ctx.paths, ctx.messages)
     if ctx.json:
-        ctx.emit({"command": args.command, "ok": True, "key": _display_name(ctx.paths, key)})
+        ctx.emit({"command": args.command, "ok": True, "key": ctx.paths.shown(key)})
     return ExitCode.OK
 
 
@@ -491,7 +388,7 @@ def _change_json(ctx: Context, change: Any) -> dict[str, Any]:
     location = change.location
     return {
         "kind": location.kind,
-        "file": _display_name(ctx.paths, location.file),
+        "file": ctx.paths.shown(location.file),
         "kernel": location.kernel,
         "parameter": change.name,
         "old": change.old,
@@ -506,8 +403,7 @@ def cmd_reset_crashkernel(ctx: Context, args: argparse.Namespace) -> int:
     result = lifecycle.reset_crashkernel(
         ctx.paths,
         ctx.messages,
-        arch=ctx.arch,
-        running_release=ctx.machine.release,
+        machine=ctx.machine,
         kernel=args.kernel,
         fadump=args.fadump,
     )
@@ -518,7 +414,7 @@ def cmd_reset_crashkernel(ctx: Context, args: argparse.Namespace) -> int:
                 "changed": result.changed,
                 "reboot_needed": result.changed,
                 "changes": [_change_json(ctx, c) for c in result.changes],
-                "unchanged": [_display_name(ctx.paths, loc.file) for loc in result.unchanged],
+                "unchanged": [ctx.paths.shown(loc.file) for loc in result.unchanged],
             }
         )
     if args.reboot and result.changed:
@@ -531,8 +427,7 @@ def cmd_auto_reset(ctx: Context, args: argparse.Namespace) -> int:
     done = lifecycle.auto_reset(
         ctx.paths,
         ctx.messages,
-        arch=ctx.arch,
-        running_release=ctx.machine.release,
+        machine=ctx.machine,
         kernel_release=getattr(args, "kernel_release", None),
     )
     if ctx.json:
@@ -546,8 +441,7 @@ def cmd_kernel_installed(ctx: Context, args: argparse.Namespace) -> int:
         ctx.paths,
         ctx.messages,
         args.kernel_release,
-        arch=ctx.arch,
-        running_release=ctx.machine.release,
+        machine=ctx.machine,
     )
     if ctx.json:
         ctx.emit({"command": args.command, "ok": True})
@@ -558,9 +452,7 @@ def cmd_kernel_removed(ctx: Context, args: argparse.Namespace) -> int:
     """Kernel hooks: a kernel was removed."""
     removed = lifecycle.kernel_removed(ctx.paths, ctx.messages, args.kernel_release)
     if ctx.json:
-        ctx.emit(
-            {"command": args.command, "removed": [_display_name(ctx.paths, p) for p in removed]}
-        )
+        ctx.emit({"command": args.command, "removed": [ctx.paths.shown(p) for p in removed]})
     return ExitCode.OK
 
 

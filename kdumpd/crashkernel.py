@@ -21,7 +21,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from kdumpd.arch import normalize_arch
 from kdumpd.errors import KdumpError
+from kdumpd.host import system_ram_bytes
 from kdumpd.paths import Paths
 
 KiB = 1024
@@ -321,22 +323,13 @@ def recommend_size(value: str, mem_gib: int) -> str:
     return "0M"
 
 
-_IOMEM_RAM_RE = re.compile(r"([0-9a-fA-F]+)-([0-9a-fA-F]+) : System RAM")
-
-
 def system_memory_gib(iomem_text: str) -> int:
     """kdump-utils' ``get_system_size``: RAM in whole GiB from ``/proc/iomem`` text.
 
     Sums the top-level ``System RAM`` ranges (end - start + 1), floors to MiB, rounds up
     to a multiple of 128 MiB (as the kernel does before matching ranges), floors to GiB.
-    Nested (indented) lines are parts of a top-level resource and are not counted.
     """
-    total = 0
-    for line in iomem_text.splitlines():
-        match = _IOMEM_RAM_RE.fullmatch(line.rstrip())
-        if match:
-            total += int(match.group(2), 16) - int(match.group(1), 16) + 1
-    mib = total // MiB
+    mib = system_ram_bytes(iomem_text) // MiB
     rounded = -(-mib // 128) * 128
     return rounded // 1024
 
@@ -350,8 +343,6 @@ _PPC64LE_FADUMP = (
     "4G-16G:768M,16G-64G:1G,64G-128G:2G,128G-1T:4G,1T-2T:6G,2T-4T:12G,"
     "4T-8T:20G,8T-16T:36G,16T-32T:64G,32T-64T:128G,64T-:180G"
 )
-# Debian's architecture names for the same machines.
-_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le"}
 
 
 def default_crashkernel(
@@ -372,7 +363,7 @@ def default_crashkernel(
     mlx5_core bound; 4K pages +150M with mlx5_core bound; ppc64le +1M per capture-kernel
     CPU (``nr_cpus`` from the kdump or fadump append line).
     """
-    machine = _ARCH_ALIASES.get(arch, arch)
+    machine = normalize_arch(arch)
     if mode not in ("kdump", "fadump"):
         raise CrashkernelError(f"unknown dump mode {mode!r}: use kdump or fadump")
     if mode == "fadump" and machine != "ppc64le":

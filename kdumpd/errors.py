@@ -52,6 +52,25 @@ class ConfigError(KdumpError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class TargetError(KdumpError):
+    """The dump target cannot be used or written: missing, of the wrong type, unsupported, full.
+
+    ``errno`` is the OS error behind it when there is one (ENOSPC: the target is full).
+    """
+
+    dbus_name = "org.kdumpd.Error.InvalidTarget"
+
+    def __init__(self, message: str, error_number: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = error_number
+
+
+class BuildError(KdumpError):
+    """The capture initramfs could not be built."""
+
+    dbus_name = "org.kdumpd.Error.BuildFailed"
+
+
 class UnsupportedCommand(KdumpError):
     """A kdumpctl command that exists in kdump-utils but not (yet) here."""
 

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from kdumpd import bootloader, crashkernel, host, initramfs, manager, proc
+from kdumpd import bootloader, crashkernel, host, manager, proc
 from kdumpd.bootloader import BLS, GRUB, Change, Location
 from kdumpd.config import load_kdump_conf, load_sysconfig
 from kdumpd.config.kdumpconf import KdumpConfig
 from kdumpd.config.sysconfig import SysConfig, canonical_arch
 from kdumpd.errors import KdumpError
+from kdumpd.image import manifest
 from kdumpd.messages import Messages
 from kdumpd.paths import Paths
 
@@ -52,44 +53,18 @@ class TestRefused(KdumpError):
 # defaults
 
 
-def default_crashkernel(
-    paths: Paths, arch: str, mode: str, sysconfig: SysConfig, kernel_release: str
-) -> str:
-    """The default crashkernel= of this machine, gathering only the inputs its arch uses."""
-    machine = canonical_arch(arch)
-    if machine in ("x86_64", "s390x"):
-        return crashkernel.default_crashkernel(
-            arch, mode=mode, sme_sev_active=crashkernel.sme_sev_active(host.read_kernel_log(paths))
-        )
-    if machine == "aarch64":
-        return crashkernel.default_crashkernel(
-            arch,
-            mode=mode,
-            kernel_release=kernel_release,
-            arm_smmu_present=crashkernel.arm_smmu_present(paths),
-            mlx5_bound=crashkernel.mlx5_bound(paths),
-        )
-    if machine == "ppc64le":
-        append = (
-            sysconfig.fadump_commandline_append
-            if mode == "fadump"
-            else sysconfig.commandline_append
-        )
-        return crashkernel.default_crashkernel(
-            arch, mode=mode, nr_cpus=crashkernel.nr_cpus_from_cmdline_append(append)
-        )
-    return crashkernel.default_crashkernel(arch, mode=mode)
+def _default_cache(
+    paths: Paths, messages: Messages, sysconfig: SysConfig, machine: os.uname_result
+) -> Callable[[str], str]:
+    """manager.default_crashkernel, asked once per dump mode: it reads the kernel log."""
+    known: dict[str, str] = {}
 
-
-def _default_cache(paths: Paths, arch: str, sysconfig: SysConfig) -> Callable[[str, str], str]:
-    """default_crashkernel, asked once per (mode, kernel): it reads the kernel log."""
-    known: dict[tuple[str, str], str] = {}
-
-    def get(mode: str, kernel_release: str) -> str:
-        key = (mode, kernel_release if canonical_arch(arch) == "aarch64" else "")
-        if key not in known:
-            known[key] = default_crashkernel(paths, arch, mode, sysconfig, kernel_release)
-        return known[key]
+    def get(mode: str) -> str:
+        if mode not in known:
+            known[mode] = manager.default_crashkernel(
+                paths, messages, sysconfig, machine=machine, mode=mode
+            )
+        return known[mode]
 
     return get
 
@@ -154,8 +129,7 @@ def reset_crashkernel(
     paths: Paths,
     messages: Messages,
     *,
-    arch: str,
-    running_release: str,
+    machine: os.uname_result,
     kernel: str | None = None,
     fadump: str | None = None,
 ) -> ResetResult:
@@ -164,14 +138,14 @@ def reset_crashkernel(
     Never drops other parameters; a value already at the default is left as it is, so
     running it twice changes nothing the second time.
     """
-    machine = canonical_arch(arch)
+    arch = machine.machine
     if fadump is not None:
-        if machine != "ppc64le":
+        if canonical_arch(arch) != "ppc64le":
             raise ResetError("Option --fadump only valid on PPC")
         if fadump not in FADUMP_MODES:
             raise ResetError(f"--fadump={fadump}: use on, off or nocma")
     sysconfig, _ = load_sysconfig(paths, arch)
-    release = sysconfig.kernelver or running_release
+    release = sysconfig.kernelver or machine.release
     found = bootloader.locations(paths)
     if not found:
         raise ResetError(
@@ -189,11 +163,11 @@ def reset_crashkernel(
         )
     changes: list[Change] = []
     unchanged: list[Location] = []
-    default_for = _default_cache(paths, arch, sysconfig)
+    default_for = _default_cache(paths, messages, sysconfig, machine)
     for loc in chosen:
         wanted_fadump = fadump if fadump is not None else loc.value("fadump")
         mode = "fadump" if wanted_fadump in ("on", "nocma") else "kdump"
-        value = default_for(mode, loc.version or release)
+        value = default_for(mode)
         mine = [Change(loc, "crashkernel", loc.value("crashkernel"), value)]
         if fadump is not None:
             mine.append(
@@ -231,8 +205,7 @@ def auto_reset(
     paths: Paths,
     messages: Messages,
     *,
-    arch: str,
-    running_release: str,
+    machine: os.uname_result,
     kernel_release: str | None = None,
 ) -> list[Change]:
     """Package install/upgrade (all locations) or a kernel install (its BLS entries).
@@ -246,16 +219,15 @@ def auto_reset(
         return []
     if not unit_enabled(paths):
         return []
-    sysconfig, _ = load_sysconfig(paths, arch)
-    release = sysconfig.kernelver or running_release
+    sysconfig, _ = load_sysconfig(paths, machine.machine)
     record = bootloader.read_record(paths)
     changes: list[Change] = []
-    default_for = _default_cache(paths, arch, sysconfig)
+    default_for = _default_cache(paths, messages, sysconfig, machine)
     for loc in bootloader.locations(paths):
         if kernel_release is not None and (loc.kind != BLS or loc.version != kernel_release):
             continue
         mode = "fadump" if loc.value("fadump") in ("on", "nocma") else "kdump"
-        default = default_for(mode, loc.version or release)
+        default = default_for(mode)
         current = loc.value("crashkernel")
         recorded = _recorded(paths, record, loc)
         if current is None and recorded is None:
@@ -297,18 +269,16 @@ def _config_or_none(paths: Paths, messages: Messages) -> KdumpConfig | None:
 
 
 def kernel_added(
-    paths: Paths, messages: Messages, kernel_release: str, *, arch: str, running_release: str
+    paths: Paths, messages: Messages, kernel_release: str, *, machine: os.uname_result
 ) -> None:
     """A kernel was installed: boot parameters of its entries, then its capture image."""
-    auto_reset(
-        paths, messages, arch=arch, running_release=running_release, kernel_release=kernel_release
-    )
+    auto_reset(paths, messages, machine=machine, kernel_release=kernel_release)
     if not unit_enabled(paths):
         messages.info("kdumpd.service is not enabled: no capture image built for the new kernel")
         return
     with manager.instance_lock(paths, messages):
         manager.prepare(paths, messages, image="auto", kernel_release=kernel_release)
-    image = bootloader.shown(paths, initramfs.image_path(paths, kernel_release))
+    image = bootloader.shown(paths, manifest.image_path(paths, kernel_release))
     messages.info(f"capture image for {kernel_release}: {image}")
 
 
@@ -316,8 +286,8 @@ def kernel_removed(paths: Paths, messages: Messages, kernel_release: str) -> lis
     """A kernel was removed: delete its capture image and manifest; return what went."""
     removed: list[Path] = []
     for location in (
-        initramfs.image_path(paths, kernel_release),
-        initramfs.manifest_path(paths, kernel_release),
+        manifest.image_path(paths, kernel_release),
+        manifest.manifest_path(paths, kernel_release),
     ):
         if location.exists():
             try:
@@ -360,6 +330,10 @@ def _boot_id(paths: Paths) -> str:
         return paths.under_root("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
+
+
+def _sysrq_trigger(paths: Paths) -> Path:
+    return paths.under_root("/proc/sysrq-trigger")
 
 
 def new_test_id(clock: Callable[[], int] = time.time_ns) -> str:
@@ -413,10 +387,10 @@ def run_test(
     os.sync()
     try:
         paths.under_root("/proc/sys/kernel/sysrq").write_text("1\n")
-        paths.sysrq_trigger.write_text("c\n")
+        _sysrq_trigger(paths).write_text("c\n")
     except OSError as exc:
         raise TestRefused(
-            f"cannot crash the system through {bootloader.shown(paths, paths.sysrq_trigger)}: "
+            f"cannot crash the system through {bootloader.shown(paths, _sysrq_trigger(paths))}: "
             f"{exc.strerror}. The capture kernel is loaded with the test id; "
             "crash it another way (echo c > /proc/sysrq-trigger) or run kdumpctl test again"
         ) from exc

@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,12 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from kdumpd import cmdline as capture_cmdline
-from kdumpd import host, initramfs, kexec
-from kdumpd.config import load_kdump_conf, load_sysconfig
-from kdumpd.errors import ExitCode, KdumpError, user_message
+from kdumpd import crashkernel, host, kexec, targets
+from kdumpd.config import check_host, check_host_warnings, load_kdump_conf, load_sysconfig
+from kdumpd.config.sysconfig import SysConfig, canonical_arch
+from kdumpd.durable import write_atomic
+from kdumpd.errors import ConfigError, ExitCode, KdumpError, Problem, user_message
+from kdumpd.estimate import Estimate, estimate_capture_memory, read_module_list
+from kdumpd.host.kernel_image import kernel_image_size
+from kdumpd.image import build, manifest
 from kdumpd.messages import Messages
 from kdumpd.paths import Paths
-from kdumpd.plan import CapturePlan, compile_full
+from kdumpd.planner import compile_full
+from kdumpd.postcrash import raw_import
+from kdumpd.targets import ssh
 
 STARTING_OK = "Starting kdump: [OK]"
 STARTING_FAILED = "Starting kdump: [FAILED]"
@@ -83,7 +89,6 @@ class Arming:
     cmdline: str
     kexec_args: str
     secure_boot: bool
-    plan: CapturePlan | None = None
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -148,7 +153,7 @@ def check_feasible(paths: Paths) -> None:
     if not host.kexec_supported(paths):
         raise NotFeasible(
             "Kdump is not supported on this kernel "
-            f"({_shown(paths, paths.kexec_crash_loaded)} is missing: the kernel lacks "
+            f"({paths.shown(paths.kexec_crash_loaded)} is missing: the kernel lacks "
             "CONFIG_KEXEC/CONFIG_CRASH_DUMP)"
         )
     if host.crash_size_bytes(paths) <= 0:
@@ -157,14 +162,6 @@ def check_feasible(paths: Paths) -> None:
             "(add crashkernel= to the kernel command line, for example with "
             "kdumpctl reset-crashkernel, then reboot)"
         )
-
-
-def _shown(paths: Paths, location: Path) -> str:
-    """A tree path as the managed system names it."""
-    try:
-        return "/" + str(location.relative_to(paths.root))
-    except ValueError:
-        return str(location)
 
 
 def prepare(
@@ -193,10 +190,7 @@ def prepare(
     for problem in sysconfig_problems:
         messages.warn(str(problem))
 
-    notes: list[str] = []
-    kver = kernel_release or host.kernel_release(paths, sysconfig, notes=notes)
-    for note in notes:
-        messages.info(note)
+    kver = kernel_release or _kernel_release(paths, messages, sysconfig)
     kernel = host.find_kernel(paths, sysconfig, kver)
     cmdline = capture_cmdline.build_capture_cmdline(
         sysconfig.commandline or _read_proc_cmdline(paths),
@@ -208,37 +202,37 @@ def prepare(
     )
     if cmdline_append:
         cmdline = f"{cmdline} {cmdline_append}"
-    compiled = compile_full(parsed.config, sysconfig, paths, kernel_release=kver)
+    compiled = compile_full(parsed.config, paths, kernel_release=kver)
     for warning in compiled.warnings:
         messages.warn(str(warning))
     plan = compiled.plan
-    if plan.target.ssh is not None and image != "keep":
-        ssh_preflight(paths, messages, plan)
-    initrd = initramfs.image_path(paths, kver)
-    manifest = initramfs.compute_manifest(paths, parsed.config, plan, kernel_image=kernel)
+    if image != "keep":
+        targets.for_plan(plan.target.kind).preflight(paths, messages, plan)
+    initrd = manifest.image_path(paths, kver)
+    inputs = manifest.compute_manifest(paths, parsed.config, plan, kernel_image=kernel)
 
     reason = (
         "rebuild requested (kdumpctl rebuild)"
         if image == "force"
-        else initramfs.rebuild_reason(paths, parsed.config, manifest)
+        else manifest.rebuild_reason(paths, parsed.config, inputs)
     )
     if reason is not None:
         if image == "keep" and initrd.is_file():
             messages.warn(
-                f"{_shown(paths, initrd)} is out of date ({reason}); reload keeps it. "
+                f"{paths.shown(initrd)} is out of date ({reason}); reload keeps it. "
                 "Run kdumpctl restart to rebuild it and load the new one."
             )
         else:
             messages.info(reason)
-            messages.info(f"Rebuilding {_shown(paths, initrd)}")
+            messages.info(f"Rebuilding {paths.shown(initrd)}")
             # dracut writes a new file and renames it over the old image only on
             # success, so a failed build leaves the loaded kernel's image intact.
-            result = initramfs.build(
+            result = build.build(
                 paths,
                 parsed.config,
                 plan,
                 kernel_release=kver,
-                manifest=manifest,
+                manifest=inputs,
                 extra_dracut_modules=compiled.dracut_modules,
                 # dracut takes minutes: show its lines as they come (progress), and
                 # the reason right where it fails.
@@ -256,43 +250,7 @@ def prepare(
         cmdline=cmdline,
         kexec_args=sysconfig.kexec_args,
         secure_boot=host.secure_boot_enforced(paths),
-        plan=plan,
     )
-
-
-def ssh_preflight(paths: Paths, messages: Messages, plan: CapturePlan) -> None:
-    """Prove the capture kernel's ssh will work before arming (§3.3 step 6).
-
-    Runs with the key and exactly the known_hosts lines the image will carry,
-    waiting (bounded) for the network; raises SshTargetError naming whether
-    the network, the host key, the authentication or the permission failed.
-    Then warns when the server has less room than this machine has memory.
-    """
-    from kdumpd.targets import raw, ssh
-
-    spec = plan.target.ssh
-    if spec is None:
-        return
-    dest = ssh.SshDestination(user=spec.user, host=spec.host, port=spec.port)
-    identity = str(paths.under_root(spec.identity))
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=paths.run_dir, prefix="known_hosts.", encoding="utf-8"
-    ) as known:
-        known.write(spec.known_hosts_text)
-        known.flush()
-        path = plan.target.path
-        ssh.preflight(dest, identity=identity, known_hosts=known.name, path=path, messages=messages)
-        memory = raw.mem_total_kib(paths)
-        if memory is not None:
-            ssh.check_remote_size(
-                dest,
-                identity=identity,
-                known_hosts=known.name,
-                path=path,
-                mem_total_kib=memory,
-                messages=messages,
-            )
 
 
 def import_pending_raw_dump(paths: Paths, messages: Messages) -> None:
@@ -304,9 +262,7 @@ def import_pending_raw_dump(paths: Paths, messages: Messages) -> None:
     config = load_kdump_conf(paths).config
     if config.target is None or config.target.kind != "raw":
         return
-    from kdumpd.targets import raw
-
-    raw.import_raw_dump(
+    raw_import.import_raw_dump(
         paths,
         config.target.value,
         messages=messages,
@@ -320,7 +276,7 @@ def _read_proc_cmdline(paths: Paths) -> str:
         return paths.proc_cmdline.read_text().strip()
     except OSError as exc:
         raise KdumpError(
-            f"cannot read {_shown(paths, paths.proc_cmdline)} ({exc.strerror}) for the "
+            f"cannot read {paths.shown(paths.proc_cmdline)} ({exc.strerror}) for the "
             "capture command line; set KDUMP_COMMANDLINE in /etc/default/kdump"
         ) from exc
 
@@ -331,11 +287,8 @@ def _record_path(paths: Paths) -> Path:
 
 def _write_record(paths: Paths, arming: Arming) -> None:
     """Remember what is loaded: restart/reload put it back if a new load fails."""
-    record = _record_path(paths)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(arming.to_record(), indent=2, sort_keys=True) + "\n")
-    tmp.replace(record)
+    text = json.dumps(arming.to_record(), indent=2, sort_keys=True) + "\n"
+    write_atomic(_record_path(paths), text.encode())
 
 
 def _read_record(paths: Paths) -> Arming | None:
@@ -498,7 +451,7 @@ def _restore(paths: Paths, messages: Messages, previous: Arming | None) -> None:
         messages.error(f"putting back the previous capture kernel failed too:\n{exc}")
         return
     messages.warn(
-        f"put back the previous capture kernel ({_shown(paths, previous.kernel)}); "
+        f"put back the previous capture kernel ({paths.shown(previous.kernel)}); "
         "kdump stays operational with the configuration it was loaded with"
     )
 
@@ -513,11 +466,145 @@ def rebuild(paths: Paths, messages: Messages) -> None:
         messages.info("Rebuilding kdump initramfs: [OK]")
 
 
+# -- read-only use cases ----------------------------------------------------
+
+
+def _kernel_release(
+    paths: Paths, messages: Messages, sysconfig: SysConfig, running: str | None = None
+) -> str:
+    """The capture kernel's release; the note about a debug kernel goes to messages."""
+    notes: list[str] = []
+    release = host.kernel_release(paths, sysconfig, running=running, notes=notes)
+    for note in notes:
+        messages.info(note)
+    return release
+
+
+def default_crashkernel(
+    paths: Paths,
+    messages: Messages,
+    sysconfig: SysConfig,
+    *,
+    machine: os.uname_result,
+    mode: str,
+) -> str:
+    """The default crashkernel= value for this machine (§4.1).
+
+    Gathers only the inputs its architecture uses.
+    """
+    arch = canonical_arch(machine.machine)
+    kwargs: dict[str, Any] = {"mode": mode}
+    if arch in ("x86_64", "s390x"):
+        kwargs["sme_sev_active"] = crashkernel.sme_sev_active(host.read_kernel_log(paths))
+    elif arch == "aarch64":
+        kwargs["kernel_release"] = _kernel_release(paths, messages, sysconfig, machine.release)
+        kwargs["arm_smmu_present"] = crashkernel.arm_smmu_present(paths)
+        kwargs["mlx5_bound"] = crashkernel.mlx5_bound(paths)
+    elif arch == "ppc64le":
+        append = (
+            sysconfig.fadump_commandline_append
+            if mode == "fadump"
+            else sysconfig.commandline_append
+        )
+        kwargs["nr_cpus"] = crashkernel.nr_cpus_from_cmdline_append(append)
+    return crashkernel.default_crashkernel(machine.machine, **kwargs)
+
+
+@dataclass(frozen=True)
+class EstimateReport:
+    """``kdumpctl estimate``: the estimate, for which dump mode and capture kernel."""
+
+    mode: str
+    kernel_release: str
+    estimate: Estimate
+
+
+def estimate(
+    paths: Paths,
+    messages: Messages,
+    sysconfig: SysConfig,
+    *,
+    machine: os.uname_result,
+    initrd: Path | None = None,
+    modules_list: Path | None = None,
+) -> EstimateReport:
+    """Reserved vs. recommended crash kernel memory, with the parts of the estimate (§4.3).
+
+    ``initrd`` defaults to the capture image kdumpd built for the capture kernel.
+    """
+    kver = _kernel_release(paths, messages, sysconfig, machine.release)
+    mode = host.dump_mode(paths)
+    try:
+        default = default_crashkernel(paths, messages, sysconfig, machine=machine, mode=mode)
+    except crashkernel.CrashkernelError as exc:
+        # No default table for this machine: the estimate alone still helps.
+        messages.info(f"Note: no baseline: {exc}")
+        baseline_text = "0M"
+    else:
+        mem_gib = crashkernel.read_iomem_memory_gib(paths)
+        baseline_text = crashkernel.recommend_size(default, mem_gib)
+    try:
+        kernel_image: Path | None = host.find_kernel(paths, sysconfig, kver)
+    except host.KernelNotFound:
+        kernel_image = None
+    result = estimate_capture_memory(
+        reserved=host.crash_size_bytes(paths, mode),
+        baseline=crashkernel.parse_size(baseline_text),
+        kernel=kernel_image_size(paths, kernel_image),
+        loaded=host.loaded_modules(paths),
+        image_modules=read_module_list(modules_list),
+        initramfs=initrd if initrd is not None else manifest.image_path(paths, kver),
+    )
+    return EstimateReport(mode=mode, kernel_release=kver, estimate=result)
+
+
+def check_config(
+    paths: Paths, arch: str, override: Path | None = None
+) -> tuple[list[Problem], list[Problem]]:
+    """Every error and warning of kdump.conf, the host checks and the variables file.
+
+    Reads files only; starts no program. Returns ``(errors, warnings)``.
+    """
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    try:
+        parsed = load_kdump_conf(paths, override)
+    except ConfigError as exc:
+        errors.extend(exc.problems)
+    else:
+        warnings.extend(parsed.warnings)
+        source = paths.shown(override if override is not None else paths.kdump_conf)
+        errors.extend(check_host(parsed.config, paths, source))
+        warnings.extend(check_host_warnings(parsed.config, paths, source))
+    try:
+        _, problems = load_sysconfig(paths, arch)
+    except ConfigError as exc:
+        errors.extend(exc.problems)
+    else:
+        warnings.extend(problems)
+    return errors, warnings
+
+
+def propagate(paths: Paths, messages: Messages) -> Path:
+    """``kdumpctl propagate``: create the ssh key if missing, install it on the server (§3.9).
+
+    ssh-copy-id runs on the terminal: it may ask for the server's password and
+    for accepting its host key (which the capture kernel then checks strictly).
+    """
+    config = load_kdump_conf(paths).config
+    return ssh.propagate(config, paths, messages)
+
+
 __all__ = [
     "ArmingFailed",
+    "EstimateReport",
     "NotFeasible",
+    "check_config",
+    "default_crashkernel",
+    "estimate",
     "instance_lock",
     "prepare",
+    "propagate",
     "rebuild",
     "reload",
     "restart",

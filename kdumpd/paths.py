@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: The dump configuration, as the managed system (and every message) names it.
+KDUMP_CONF = "/etc/kdump.conf"
+#: The variables file: Fedora/RHEL's location wins over Debian's when both exist.
+SYSCONFIG_KDUMP = "/etc/sysconfig/kdump"
+DEFAULT_KDUMP = "/etc/default/kdump"
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -28,20 +34,27 @@ class Paths:
             raise ValueError(f"not an absolute path: {text!r}")
         return self.root / text.lstrip("/")
 
+    def shown(self, location: Path) -> str:
+        """A path of this tree as the managed system names it (``/etc/kdump.conf``)."""
+        try:
+            return "/" + str(location.relative_to(self.root)).lstrip("/")
+        except ValueError:
+            return str(location)
+
     # /etc ---------------------------------------------------------------
     @property
     def kdump_conf(self) -> Path:
-        return self.under_root("/etc/kdump.conf")
+        return self.under_root(KDUMP_CONF)
 
     @property
     def sysconfig_kdump(self) -> Path:
         """Fedora/RHEL location of the variables file; wins when present."""
-        return self.under_root("/etc/sysconfig/kdump")
+        return self.under_root(SYSCONFIG_KDUMP)
 
     @property
     def default_kdump(self) -> Path:
         """Debian location of the variables file; read when sysconfig is absent."""
-        return self.under_root("/etc/default/kdump")
+        return self.under_root(DEFAULT_KDUMP)
 
     @property
     def hooks_dir(self) -> Path:
@@ -90,10 +103,6 @@ class Paths:
     def proc_vmcore(self) -> Path:
         return self.under_root("/proc/vmcore")
 
-    @property
-    def sysrq_trigger(self) -> Path:
-        return self.under_root("/proc/sysrq-trigger")
-
     # /sys ---------------------------------------------------------------
     @property
     def kexec_crash_loaded(self) -> Path:
@@ -137,14 +146,6 @@ class Paths:
     def device_tree(self) -> Path:
         """PowerPC firmware device tree (Secure Boot properties live here)."""
         return self.under_root("/proc/device-tree")
-
-    @property
-    def sys_cpu(self) -> Path:
-        return self.under_root("/sys/devices/system/cpu")
-
-    @property
-    def sys_memory(self) -> Path:
-        return self.under_root("/sys/devices/system/memory")
 
     @property
     def sys_platform(self) -> Path:

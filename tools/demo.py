@@ -18,7 +18,7 @@ sys.path[:0] = [str(REPO / "tests" / "vm"), str(REPO)]
 from harness import Guest, choose_accel, ensure_image, fresh_artifacts  # noqa: E402
 
 from kdumpd import proc  # noqa: E402
-from kdumpd.report import triage  # noqa: E402
+from kdumpd.postcrash.report import triage  # noqa: E402
 
 STARTED = time.monotonic()
 

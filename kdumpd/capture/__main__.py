@@ -11,8 +11,9 @@ from pathlib import Path
 from kdumpd.capture.actions import PrintingExecutor, systemctl_executor
 from kdumpd.capture.agent import CaptureContext, run_capture, run_error_handler
 from kdumpd.capture.log import CaptureLog
+from kdumpd.contract.actions import DEFAULT_ACTION
+from kdumpd.contract.plan import PLAN_PATH_IN_IMAGE, CapturePlan
 from kdumpd.paths import Paths
-from kdumpd.plan import PLAN_PATH_IN_IMAGE, CapturePlan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         # Without a plan there is no target: say why and take the default failure action.
         log.info(f"{plan_path}: cannot read the capture plan: {exc}; rebuild with kdumpctl rebuild")
-        execute("reboot")
+        execute(DEFAULT_ACTION)
         return 1
     vmcore = Path(args.vmcore) if args.vmcore else paths.proc_vmcore
     ctx = CaptureContext(

@@ -13,9 +13,6 @@ from typing import TextIO
 from kdumpd import proc
 from kdumpd.errors import KdumpError
 
-FINAL_ACTIONS = ("reboot", "halt", "poweroff")
-FAILURE_ACTIONS = (*FINAL_ACTIONS, "shell", "dump_to_rootfs")
-
 # Inside the initramfs systemd is PID 1; -f skips the orderly shutdown of
 # units, as kdump-utils does (nothing in the capture kernel is worth saving).
 _SYSTEMCTL = {

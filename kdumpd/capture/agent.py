@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from kdumpd import proc
-from kdumpd.capture import fs
-from kdumpd.capture.actions import FAILURE_ACTIONS, FINAL_ACTIONS, ActionExecutor
+from kdumpd.capture import sinks
+from kdumpd.capture.actions import ActionExecutor
+from kdumpd.capture.base import FileSink, Sink, StreamSink
 from kdumpd.capture.collector import (
     CopyError,
     collector_argv,
@@ -39,20 +40,26 @@ from kdumpd.capture.collector import (
 )
 from kdumpd.capture.hooks import HookRun, run_hook, run_hooks
 from kdumpd.capture.log import CaptureLog
-from kdumpd.capture.raw import RawDump
-from kdumpd.capture.ssh import SshDump
-from kdumpd.capture.stream import StreamSink
-from kdumpd.errors import KdumpError
+from kdumpd.contract.actions import DEFAULT_ACTION, FAILURE_ACTIONS, FINAL_ACTIONS
+from kdumpd.contract.layout import (
+    DMESG,
+    DMESG_INCOMPLETE,
+    LOG,
+    METADATA,
+    METADATA_FORMAT,
+    METADATA_VERSION,
+    RESERVED_BYTES,
+    VMCORE,
+    VMCORE_INCOMPLETE,
+)
+from kdumpd.contract.plan import CapturePlan, FsTarget, Target
+from kdumpd.errors import KdumpError, TargetError
 from kdumpd.paths import Paths
-from kdumpd.plan import CapturePlan, TargetSpec
 from kdumpd.vmcore.elf import read_core
 
-METADATA_FORMAT = "kdumpd-capture-metadata"
-METADATA_VERSION = 1
 _ENOSPC_TEXT = "No space left on device"
 
-Sink = fs.DumpSink | StreamSink
-SinkFactory = Callable[[TargetSpec], Sink]
+SinkFactory = Callable[[Target], Sink]
 
 
 def _kernel_log() -> str:
@@ -78,19 +85,10 @@ class CaptureContext:
     progress_every: float = 5.0
     make_sink: SinkFactory | None = None
 
-    def sink_for(self, target: TargetSpec) -> Sink:
+    def sink_for(self, target: Target) -> Sink:
         if self.make_sink is not None:
             return self.make_sink(target)
-        if target.kind == "fs":
-            return fs.FsDump(self.paths, target, self.log)
-        if target.kind == "raw":
-            return RawDump(self.paths, target, self.log)
-        if target.kind == "ssh":
-            return SshDump(target, self.plan.network, self.log)
-        raise KdumpError(
-            f"dump target kind {target.kind!r} is not supported by this capture agent yet; "
-            "use a filesystem target"
-        )
+        return sinks.sink_for(self.paths, target, self.log)
 
 
 @dataclass
@@ -203,7 +201,7 @@ def _run_emergency_hooks(ctx: CaptureContext) -> list[HookRun]:
 
 
 def _failure_action(plan: CapturePlan) -> str:
-    return plan.failure_action if plan.failure_action in FAILURE_ACTIONS else "reboot"
+    return plan.failure_action if plan.failure_action in FAILURE_ACTIONS else DEFAULT_ACTION
 
 
 def _fail(
@@ -273,7 +271,7 @@ def _dump(
         else:
             _save_dmesg(ctx, sink, record)
             _save_vmcore(ctx, sink, record)
-    except (fs.TargetError, CopyError, proc.ProgramError, KdumpError) as exc:
+    except (TargetError, CopyError, proc.ProgramError, KdumpError) as exc:
         reason = _reason(exc)
         ctx.log.info(f"saving vmcore failed: {reason}")
         record.data["failure_reason"] = reason
@@ -292,9 +290,9 @@ def _reason(exc: Exception) -> str:
     return text
 
 
-def _save_dmesg(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord) -> None:
+def _save_dmesg(ctx: CaptureContext, sink: FileSink, record: DumpRecord) -> None:
     """vmcore-dmesg, else makedumpfile --dump-dmesg; failure is only logged."""
-    out = sink.output_path(fs.DMESG_INCOMPLETE)
+    out = sink.output_path(DMESG_INCOMPLETE)
     vmcore = str(ctx.vmcore)
     attempts: list[tuple[str, list[str]]] = [
         ("vmcore-dmesg", ["vmcore-dmesg", vmcore]),
@@ -312,17 +310,17 @@ def _save_dmesg(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord) -> N
             except (proc.ProgramError, OSError) as exc:
                 ctx.log.info(f"{name} failed: {exc}")
                 continue
-            sink.finish_file(fs.DMESG_INCOMPLETE, fs.DMESG)
-            ctx.log.info(f"saved {fs.DMESG} with {name}")
+            sink.finish_file(DMESG_INCOMPLETE, DMESG)
+            ctx.log.info(f"saved {DMESG} with {name}")
             step.update(ok=True, tool=name)
-            record.data["dmesg"] = {"file": fs.DMESG, "tool": name}
+            record.data["dmesg"] = {"file": DMESG, "tool": name}
             return
-        record.data["dmesg"] = {"file": fs.DMESG_INCOMPLETE, "tool": None}
+        record.data["dmesg"] = {"file": DMESG_INCOMPLETE, "tool": None}
 
 
-def _save_vmcore(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord) -> None:
+def _save_vmcore(ctx: CaptureContext, sink: FileSink, record: DumpRecord) -> None:
     plan = ctx.plan
-    out = sink.output_path(fs.VMCORE_INCOMPLETE)
+    out = sink.output_path(VMCORE_INCOMPLETE)
     # A file target, also when dump_to_rootfs saves an ssh or raw plan's dump: no -F.
     argv = [
         *collector_argv(plan.core_collector, target_kind="fs", nproc=ctx.nproc),
@@ -349,15 +347,15 @@ def _save_vmcore(ctx: CaptureContext, sink: fs.DumpSink, record: DumpRecord) -> 
         ctx.log.info(f"saving vmcore with {argv[0]} failed: {failure}")
         if _ENOSPC_TEXT in failure.stderr + failure.stdout:
             # The fallback would only fill the same disk again; keep what was written.
-            raise fs.TargetError(f"{argv[0]} ran out of space writing {out}", 28)
+            raise TargetError(f"{argv[0]} ran out of space writing {out}", 28)
         _fallback_copy(ctx, out, record, failure)
     with record.step("sync") as step:
-        sink.finish_file(fs.VMCORE_INCOMPLETE, fs.VMCORE)
+        sink.finish_file(VMCORE_INCOMPLETE, VMCORE)
         step["ok"] = True
-    final = sink.output_path(fs.VMCORE)
+    final = sink.output_path(VMCORE)
     st = final.stat()
     record.data["vmcore"] = {
-        "file": fs.VMCORE,
+        "file": VMCORE,
         "size": st.st_size,
         "allocated_bytes": st.st_blocks * 512,
         "bytes_written": record.data.get("vmcore", {}).get("bytes_written", st.st_size),
@@ -374,16 +372,14 @@ def _save_streams(ctx: CaptureContext, sink: StreamSink, record: DumpRecord) -> 
     if sink.keeps_files:
         with record.step("dmesg") as step:
             try:
-                sink.save_stream(
-                    ["vmcore-dmesg", vmcore], fs.DMESG_INCOMPLETE, fs.DMESG, on_output=None
-                )
-            except (proc.ProgramError, fs.TargetError) as exc:
+                sink.save_stream(["vmcore-dmesg", vmcore], DMESG_INCOMPLETE, DMESG, on_output=None)
+            except (proc.ProgramError, TargetError) as exc:
                 ctx.log.info(f"vmcore-dmesg failed: {exc}")
-                record.data["dmesg"] = {"file": fs.DMESG_INCOMPLETE, "tool": None}
+                record.data["dmesg"] = {"file": DMESG_INCOMPLETE, "tool": None}
             else:
-                ctx.log.info(f"saved {fs.DMESG} with vmcore-dmesg")
+                ctx.log.info(f"saved {DMESG} with vmcore-dmesg")
                 step.update(ok=True, tool="vmcore-dmesg")
-                record.data["dmesg"] = {"file": fs.DMESG, "tool": "vmcore-dmesg"}
+                record.data["dmesg"] = {"file": DMESG, "tool": "vmcore-dmesg"}
     plan = ctx.plan
     argv = [
         *collector_argv(plan.core_collector, target_kind=plan.target.kind, nproc=ctx.nproc),
@@ -396,13 +392,13 @@ def _save_streams(ctx: CaptureContext, sink: StreamSink, record: DumpRecord) -> 
     with record.step("collector") as step:
         try:
             sink.save_stream(
-                argv, fs.VMCORE_INCOMPLETE, sink.vmcore_name, on_output=ctx.log.passthrough
+                argv, VMCORE_INCOMPLETE, sink.vmcore_name, on_output=ctx.log.passthrough
             )
         except proc.ProgramError as exc:
             ctx.log.keep(exc.stdout + exc.stderr, argv[0])
             collector.update(returncode=exc.returncode, error=str(exc))
             raise
-        except fs.TargetError as exc:
+        except TargetError as exc:
             collector["error"] = str(exc)
             raise
         collector["returncode"] = 0
@@ -433,17 +429,12 @@ def _fallback_copy(
 def _has_record_files(sink: Sink) -> bool:
     """Whether the target can take kexec-dmesg.log and the metadata now."""
     if isinstance(sink, StreamSink):
-        return sink.keeps_files and _record_ready(sink)
+        return sink.keeps_files and sink.ready
     try:
-        sink.output_path(fs.METADATA)
-    except fs.TargetError:
+        sink.output_path(METADATA)
+    except TargetError:
         return False
     return True
-
-
-def _record_ready(sink: StreamSink) -> bool:
-    """A stream target that keeps files has a directory once prepare() succeeded."""
-    return getattr(sink, "directory", None) is not None
 
 
 def _finish(
@@ -461,13 +452,13 @@ def _finish(
         return
     log_text = ctx.log.text() + "\n--- dmesg ---\n" + ctx.kernel_log()
     data = log_text.encode(errors="replace")
-    limit = fs.RESERVED_BYTES[fs.LOG]
+    limit = RESERVED_BYTES[LOG]
     if len(data) > limit:
         data = b"(truncated)\n" + data[-limit + 64 :]
-    for name, content in ((fs.METADATA, record.to_json()), (fs.LOG, data)):
+    for name, content in ((METADATA, record.to_json()), (LOG, data)):
         try:
             sink.write_small_file(name, content)
-        except fs.TargetError as exc:
+        except TargetError as exc:
             ctx.log.info(f"{exc}")
 
 
@@ -479,7 +470,7 @@ def _dump_to_rootfs(
         ctx.log.info("failure_action dump_to_rootfs, but the plan has no root filesystem")
         return
     ctx.log.info(f"failure_action dump_to_rootfs: saving to {plan.rootfs.device}")
-    target = TargetSpec(kind="fs", path=plan.rootfs_path, mount=plan.rootfs)
+    target = FsTarget(path=plan.rootfs_path, mount=plan.rootfs)
     sink = ctx.sink_for(target)
     record = _new_record(ctx, started)
     record.data["dump_to_rootfs"] = True
@@ -494,7 +485,7 @@ def _dump_to_rootfs(
 def _act(ctx: CaptureContext, action: str) -> None:
     if action not in FINAL_ACTIONS and action != "shell":
         ctx.log.info(f"unknown action {action!r}; rebooting")
-        action = "reboot"
+        action = DEFAULT_ACTION
     ctx.log.info(f"executing {action}")
     try:
         ctx.execute(action)

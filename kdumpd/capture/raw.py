@@ -3,7 +3,7 @@
 As kdump-utils (§5.5 dump_raw): ``makedumpfile -F ... /proc/vmcore`` is
 written from offset 0 of the device, and nothing else is stored: no dmesg
 file, no log, no metadata (the device holds one stream, and the next boot's
-import, :func:`kdumpd.targets.raw.import_raw_dump`, extracts the kernel log
+import, :func:`kdumpd.postcrash.raw_import.import_raw_dump`, extracts the kernel log
 from the dump itself). A stream cut short (a full device, a second crash)
 lacks its end marker and is recognised as incomplete by the import.
 """
@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from kdumpd import proc
-from kdumpd.capture.fs import DEVICE_WAIT_SECONDS, TargetError, wait_for_device
+from kdumpd.capture.base import DEVICE_WAIT_SECONDS, wait_for_device
 from kdumpd.capture.log import CaptureLog
+from kdumpd.contract.plan import RawTarget
+from kdumpd.errors import TargetError
 from kdumpd.paths import Paths
-from kdumpd.plan import TargetSpec
 
 
 @dataclass
@@ -27,7 +28,7 @@ class RawDump:
     """A raw block device that receives one flattened dump stream."""
 
     paths: Paths
-    target: TargetSpec
+    target: RawTarget
     log: CaptureLog
     device_timeout: float = DEVICE_WAIT_SECONDS
     keeps_files: bool = field(default=False, init=False)
@@ -35,17 +36,19 @@ class RawDump:
 
     @property
     def device(self) -> str:
-        if not self.target.raw_device:
-            raise TargetError("the plan names a raw target without a device; rebuild")
-        return self.target.raw_device
+        return self.target.device
 
     @property
     def location(self) -> str:
-        return self.target.raw_device or "raw device"
+        return self.target.device
+
+    @property
+    def ready(self) -> bool:
+        return False  # a raw device keeps no record files
 
     def prepare(self, when: datetime) -> None:
-        """Wait for the device node (udev may still be creating it)."""
-        del when  # a raw device holds one stream, not a dated directory
+        """Wait for the device node (udev may still be creating it); a raw device holds one
+        stream, not a dated directory, so ``when`` names nothing."""
         wait_for_device(self.paths, self.device, timeout=self.device_timeout)
         self.log.info(f"saving to the raw device {self.device}")
 
@@ -57,8 +60,11 @@ class RawDump:
         *,
         on_output: Callable[[bytes], None] | None = None,
     ) -> None:
-        """Run ``argv`` with its output on the device from offset 0, then flush the device."""
-        del incomplete, final  # the stream's end marker is what says "complete"
+        """Run ``argv`` with its output on the device from offset 0, then flush the device.
+
+        ``incomplete`` and ``final`` name nothing: the stream's end marker is what says
+        "complete".
+        """
         node = self.paths.under_root(self.device)
         try:
             fd = os.open(node, os.O_WRONLY)
@@ -75,5 +81,4 @@ class RawDump:
 
     def write_small_file(self, name: str, data: bytes) -> None:
         """A raw device keeps only the stream."""
-        del data
         raise TargetError(f"a raw target keeps no {name}; it stays on the console")

@@ -7,15 +7,13 @@ kernel's source address toward the server. The server needs nothing but sshd
 and a POSIX shell with ``mkdir``, ``dd`` and ``mv``: every remote command
 below is built from those, with every path quoted for the remote shell.
 
-The ssh options (:func:`ssh_base_argv`) and the failure kinds
-(:func:`classify`) are shared with the first kernel's preflight
-(:mod:`kdumpd.targets.ssh`), so that what was proven before arming is what
-runs after the crash.
+The ssh options and the failure kinds (:mod:`kdumpd.contract.ssh`) are shared
+with the first kernel's preflight (:mod:`kdumpd.targets.ssh`), so that what
+was proven before arming is what runs after the crash.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import posixpath
 import shlex
@@ -25,101 +23,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from kdumpd import proc
-from kdumpd.capture.fs import TargetError, dump_dir_name
 from kdumpd.capture.log import CaptureLog
-from kdumpd.plan import NetworkSpec, SshSpec, TargetSpec
+from kdumpd.contract.layout import VMCORE_FLAT, dump_dir_name
+from kdumpd.contract.plan import SshSpec, SshTarget
+from kdumpd.contract.ssh import SshFailure, argv_for, classify, last_line
+from kdumpd.errors import TargetError
 
-DEFAULT_PORT = 22
-#: ssh's own bound on connecting (TCP and key exchange), per attempt.
-CONNECT_TIMEOUT_SECONDS = 10
 #: How long a server that does not answer is retried before failure_action.
 CONNECT_RETRY_SECONDS = 30.0
-VMCORE_FLAT = "vmcore.flat"
-_SSH_FAILED = 255  # ssh's own exit status; anything else comes from the remote command
-
-
-class SshFailure(enum.Enum):
-    """Why an ssh target cannot be used; each calls for a different fix."""
-
-    NETWORK = "network"  # no route, refused, timed out, name not resolved
-    HOST_KEY = "host-key"  # server host key unknown or changed
-    AUTHENTICATION = "authentication"  # key refused or missing
-    PERMISSION = "permission"  # logged in, but the remote command failed
-
-
-def classify(returncode: int | None, stderr: str) -> SshFailure | None:
-    """The kind of failure of an ssh run (None: it worked), by kdumpctl's rules (§3.3).
-
-    ``returncode`` None means the run timed out.
-    """
-    if returncode == 0:
-        return None
-    if returncode is None:
-        return SshFailure.NETWORK
-    if returncode != _SSH_FAILED:
-        return SshFailure.PERMISSION
-    if (
-        "Host key verification failed" in stderr
-        or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr
-    ):
-        return SshFailure.HOST_KEY
-    if (
-        "Permission denied" in stderr
-        or "No such file or directory" in stderr
-        or "Too many authentication failures" in stderr
-    ):
-        return SshFailure.AUTHENTICATION
-    return SshFailure.NETWORK
-
-
-def ssh_base_argv(
-    *,
-    user: str,
-    host: str,
-    port: int = DEFAULT_PORT,
-    identity: str,
-    known_hosts: str,
-    batch: bool = True,
-    connect_timeout: int = CONNECT_TIMEOUT_SECONDS,
-    host_key_alias: str | None = None,
-) -> list[str]:
-    """The ssh command line both kernels use, up to (not including) the remote command.
-
-    ``-F /dev/null`` and ``GlobalKnownHostsFile=/dev/null``: only what is
-    named here counts, as in the capture image. ``IdentitiesOnly``: an agent
-    or a default key must not make the check pass where the kdump key fails.
-    ``host_key_alias``: the known_hosts name when ``host`` is an address the
-    first kernel resolved a name to.
-    """
-    argv = ["ssh", "-F", "/dev/null", "-i", identity, "-o", "IdentitiesOnly=yes"]
-    if batch:
-        argv += ["-o", "BatchMode=yes"]
-    argv += [
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", f"ConnectTimeout={connect_timeout}",
-    ]  # fmt: skip
-    if host_key_alias:
-        argv += ["-o", f"HostKeyAlias={host_key_alias}"]
-    argv += ["-p", str(port), f"{user}@{host}"]
-    return argv
-
-
-def argv_for(spec: SshSpec) -> list[str]:
-    """ssh to the plan's server, by address, checking the key under the name it was known by."""
-    address = spec.address or spec.host
-    alias = None
-    if address != spec.host:
-        alias = spec.host if spec.port == DEFAULT_PORT else f"[{spec.host}]:{spec.port}"
-    return ssh_base_argv(
-        user=spec.user,
-        host=address,
-        port=spec.port,
-        identity=spec.identity,
-        known_hosts=spec.known_hosts,
-        host_key_alias=alias,
-    )
 
 
 def route_source(server: str) -> str | None:
@@ -139,11 +50,6 @@ def route_source(server: str) -> str | None:
     return None
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
-
-
 def _quote(path: str) -> str:
     return shlex.quote(path)
 
@@ -152,8 +58,7 @@ def _quote(path: str) -> str:
 class SshDump:
     """A dump directory on an ssh server."""
 
-    target: TargetSpec
-    network: NetworkSpec | None
+    target: SshTarget
     log: CaptureLog
     connect_retry: float = CONNECT_RETRY_SECONDS
     sleep: Callable[[float], None] = time.sleep
@@ -165,15 +70,17 @@ class SshDump:
 
     @property
     def spec(self) -> SshSpec:
-        if self.target.ssh is None:
-            raise TargetError("the plan names an ssh target without ssh settings; rebuild")
         return self.target.ssh
 
     @property
     def location(self) -> str:
         spec = self.target.ssh
-        where = self.directory or self.target.path
-        return f"{spec.user}@{spec.host}:{where}" if spec else where
+        return f"{spec.user}@{spec.host}:{self.directory or self.target.path}"
+
+    @property
+    def ready(self) -> bool:
+        """The dump directory exists on the server once prepare() succeeded."""
+        return self.directory is not None
 
     def prepare(self, when: datetime) -> None:
         """Wait for a route to the server, then create the dump directory there."""
@@ -186,7 +93,8 @@ class SshDump:
         self.directory = directory
 
     def _wait_for_route(self, server: str) -> str:
-        wait = float(self.network.wait_seconds) if self.network else 0.0
+        network = self.target.network
+        wait = float(network.wait_seconds) if network else 0.0
         start = self.clock()
         said = -1.0
         while True:
@@ -218,14 +126,14 @@ class SshDump:
             if not (retry and failure is SshFailure.NETWORK and waited < self.connect_retry):
                 raise TargetError(self._failure_text(failure, doing, result.stderr, waited))
             self.log.info(
-                f"{self.spec.host} does not answer ({_last_line(result.stderr)}); retrying"
+                f"{self.spec.host} does not answer ({last_line(result.stderr)}); retrying"
             )
             self.sleep(2.0)
 
     def _failure_text(self, failure: SshFailure, doing: str, stderr: str, waited: float) -> str:
         spec = self.spec
         who = f"{spec.user}@{spec.host}"
-        said = _last_line(stderr)
+        said = last_line(stderr)
         if failure is SshFailure.NETWORK:
             return (
                 f"network: cannot reach {who} port {spec.port} to {doing} "

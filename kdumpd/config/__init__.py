@@ -8,8 +8,6 @@ from kdumpd.config.kdumpconf import (
     DEFAULT_CORE_COLLECTOR,
     DEFAULT_PATH,
     DEFAULT_SSHKEY,
-    FAILURE_ACTIONS,
-    FINAL_ACTIONS,
     MOUNT_TARGET,
     TARGET_KINDS,
     DumpTarget,
@@ -26,6 +24,7 @@ from kdumpd.config.sysconfig import (
     load_sysconfig,
     parse_assignments,
 )
+from kdumpd.contract.actions import FAILURE_ACTIONS, FINAL_ACTIONS
 
 __all__ = [
     "DEFAULT_CORE_COLLECTOR",

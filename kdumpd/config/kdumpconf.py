@@ -19,31 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from kdumpd.contract.actions import FAILURE_ACTIONS, FINAL_ACTIONS
 from kdumpd.errors import ConfigError, Problem
-from kdumpd.paths import Paths
+from kdumpd.paths import KDUMP_CONF, Paths
 
 DEFAULT_PATH = "/var/crash"
 DEFAULT_SSHKEY = "/root/.ssh/kdump_id_rsa"
 DEFAULT_CORE_COLLECTOR = "makedumpfile -l --message-level 7 -d 31"
 
 #: Directives that name the dump target; at most one may appear.
-TARGET_KINDS: tuple[str, ...] = (
-    "raw",
-    "ext2",
-    "ext3",
-    "ext4",
-    "xfs",
-    "btrfs",
-    "minix",
-    "virtiofs",
-    "nfs",
-    "ssh",
-)
+#: Filesystem directives (``ext4 UUID=...``): a local filesystem target.
+FS_KINDS: tuple[str, ...] = ("ext2", "ext3", "ext4", "xfs", "btrfs", "minix")
+TARGET_KINDS: tuple[str, ...] = ("raw", *FS_KINDS, "virtiofs", "nfs", "ssh")
 #: The target kind of ``dracut_args --mount "<dev> <mnt> <fstype> <opts>"``.
 MOUNT_TARGET = "mount"
 
-FAILURE_ACTIONS: tuple[str, ...] = ("reboot", "halt", "poweroff", "shell", "dump_to_rootfs")
-FINAL_ACTIONS: tuple[str, ...] = ("reboot", "halt", "poweroff")
 
 #: Directives that are not targets, in the order :func:`render_kdump_conf` writes them.
 OPTION_DIRECTIVES: tuple[str, ...] = (
@@ -238,7 +228,7 @@ class _Collector:
         self.warnings.append(Problem(self.source, line, message))
 
 
-def parse_kdump_conf(text: str, source: str = "/etc/kdump.conf") -> ParsedConfig:
+def parse_kdump_conf(text: str, source: str = KDUMP_CONF) -> ParsedConfig:
     """Parse and validate kdump.conf text.
 
     Raises :class:`~kdumpd.errors.ConfigError` carrying every problem found;
@@ -468,15 +458,7 @@ def load_kdump_conf(paths: Paths, override: Path | None = None) -> ParsedConfig:
         raise ConfigError(
             [Problem(str(location), 0, f"cannot read the kdump config file: {exc.strerror}")]
         ) from exc
-    return parse_kdump_conf(text, source=_display_name(paths, location))
-
-
-def _display_name(paths: Paths, location: Path) -> str:
-    """The file as the managed system names it (``/etc/kdump.conf``, not the tree path)."""
-    try:
-        return "/" + str(location.relative_to(paths.root)).lstrip("/")
-    except ValueError:
-        return str(location)
+    return parse_kdump_conf(text, source=paths.shown(location))
 
 
 # -- rendering ------------------------------------------------------------

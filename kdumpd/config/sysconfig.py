@@ -13,9 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+from kdumpd.arch import normalize_arch
 from kdumpd.errors import ConfigError, Problem
-from kdumpd.paths import Paths
+from kdumpd.paths import DEFAULT_KDUMP, SYSCONFIG_KDUMP, Paths
 
 # -- per-architecture defaults (§2.1) --------------------------------------
 
@@ -61,16 +63,6 @@ _FADUMP_APPEND_PPC64LE = (
     "nr_cpus=16 numa=off cgroup_disable=memory cma=0 kvm_cma_resv_ratio=0 hugetlb_cma=0 "
     "transparent_hugepage=never novmcoredd udev.children-max=2"
 )
-# Debian architecture names and the uname -m spellings of 32-bit x86.
-_ARCH_ALIASES: dict[str, str] = {
-    "amd64": "x86_64",
-    "arm64": "aarch64",
-    "ppc64el": "ppc64le",
-    "i486": "i386",
-    "i586": "i386",
-    "i686": "i386",
-}
-
 #: Variable name -> SysConfig field, for every variable kdump-utils reads from the file.
 VARIABLES: dict[str, str] = {
     "KDUMP_KERNELVER": "kernelver",
@@ -117,7 +109,7 @@ class SysConfig:
 
 def canonical_arch(arch: str) -> str:
     """The kdump-utils architecture name for a uname -m or Debian name; "other" if unknown."""
-    name = _ARCH_ALIASES.get(arch, arch)
+    name = normalize_arch(arch)
     return name if name in _ARCH_APPEND else "other"
 
 
@@ -398,6 +390,15 @@ def _apply(
     return replace(base, source=source, **changes), errors, warnings  # type: ignore[arg-type]
 
 
+def variables_files(paths: Paths) -> list[tuple[Path, str]]:
+    """The variables files present, as (location, shown name), the one in effect first.
+
+    /etc/sysconfig/kdump (Fedora/RHEL) wins over Debian's /etc/default/kdump.
+    """
+    candidates = [(paths.sysconfig_kdump, SYSCONFIG_KDUMP), (paths.default_kdump, DEFAULT_KDUMP)]
+    return [(location, shown) for location, shown in candidates if location.is_file()]
+
+
 def load_sysconfig(paths: Paths, arch: str) -> tuple[SysConfig, tuple[Problem, ...]]:
     """The kdump variables for ``arch``, and the warnings reading them produced.
 
@@ -406,11 +407,7 @@ def load_sysconfig(paths: Paths, arch: str) -> tuple[SysConfig, tuple[Problem, .
     default. Raises ConfigError for lines that cannot be read or bad values.
     """
     defaults = arch_defaults(arch)
-    candidates = [
-        (paths.sysconfig_kdump, "/etc/sysconfig/kdump"),
-        (paths.default_kdump, "/etc/default/kdump"),
-    ]
-    present = [(location, name) for location, name in candidates if location.is_file()]
+    present = variables_files(paths)
     if not present:
         return defaults, ()
     location, source = present[0]

@@ -1,19 +1,33 @@
-"""Dump targets: one module per kind.
+"""Dump targets, first-kernel side: one module per kind, behind :class:`.base.TargetKind`.
 
-The first-kernel side of each target (discovery of the device, its filesystem
-and mount options, the persistent name the capture kernel will see) lives
-here; the capture side lives in :mod:`kdumpd.capture`. Filesystem targets
-(the default path target and ``ext4 UUID=...`` style directives,
-:mod:`kdumpd.targets.fs`), raw devices (:mod:`kdumpd.targets.raw`) and ssh
-servers (:mod:`kdumpd.targets.ssh`, with :mod:`kdumpd.targets.network`).
+Filesystem targets (the default path target and ``ext4 UUID=...`` style
+directives, :mod:`.fs`), raw devices (:mod:`.raw`) and ssh servers
+(:mod:`.ssh`, with :mod:`.network`). The capture side of each kind is a sink
+in :mod:`kdumpd.capture`.
 """
 
 from __future__ import annotations
 
-from kdumpd.errors import KdumpError
+from kdumpd.config.kdumpconf import FS_KINDS
+from kdumpd.contract.plan import TargetKind as PlanKind
+from kdumpd.targets import fs, raw, ssh
+from kdumpd.targets.base import TargetKind
+
+#: The module of each kind of the plan.
+KINDS: dict[PlanKind, TargetKind] = {"fs": fs, "raw": raw, "ssh": ssh}
+
+#: The kind each kdump.conf target directive names (no directive: the default, fs).
+DIRECTIVES: dict[str, PlanKind] = {**dict.fromkeys(FS_KINDS, "fs"), "raw": "raw", "ssh": "ssh"}
 
 
-class TargetError(KdumpError):
-    """The dump target cannot be used: it is missing, of the wrong type or unsupported."""
+def for_plan(kind: PlanKind) -> TargetKind:
+    """The module of a plan's target kind."""
+    return KINDS[kind]
 
-    dbus_name = "org.kdumpd.Error.InvalidTarget"
+
+def for_directive(directive: str | None) -> TargetKind | None:
+    """The module for a kdump.conf target directive (None: no directive); None if unsupported."""
+    if directive is None:
+        return fs
+    kind = DIRECTIVES.get(directive)
+    return KINDS[kind] if kind is not None else None

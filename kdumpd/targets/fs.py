@@ -9,7 +9,7 @@ Two ways to name a filesystem target (§1.3 of the kdump-utils reference):
 * an explicit directive ``<fstype> <device>`` with ``<device>`` a device node,
   ``UUID=...`` or ``LABEL=...``; its type must match what the host reports.
 
-Either way the result is a :class:`kdumpd.plan.MountSpec` that the capture
+Either way the result is a :class:`kdumpd.contract.plan.MountSpec` that the capture
 agent mounts itself: a udev persistent device name (by-uuid, then by-id, then
 by-label), the capture-kernel mount point (``/sysroot`` for the root
 filesystem, ``/kdumproot/<M>`` for one mounted at ``M``, ``/kdumproot`` for an
@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from kdumpd import proc
-from kdumpd.errors import ConfigError, Problem
+from kdumpd.config.kdumpconf import KdumpConfig
+from kdumpd.contract.plan import CapturePlan, FsTarget, MountSpec
+from kdumpd.errors import ConfigError, Problem, TargetError
+from kdumpd.messages import Messages
+from kdumpd.mountinfo import MountEntry, parse_mountinfo
 from kdumpd.paths import Paths
-from kdumpd.plan import MountSpec
-from kdumpd.targets import TargetError
+from kdumpd.targets.base import CompiledTarget, ImageNeeds
 
 #: Where the capture kernel mounts the filesystem that is ``/`` in the first kernel.
 SYSROOT = "/sysroot"
@@ -43,34 +45,10 @@ KDUMPROOT = "/kdumproot"
 PERSISTENT_DIRS: tuple[str, ...] = ("by-uuid", "by-id", "by-label")
 #: Mount options that make no sense for a mount the capture agent needs (§5.2).
 DROPPED_OPTIONS = frozenset({"noauto", "nofail", "nobootwait"})
-#: Filesystem directives of kdump.conf.
-FS_KINDS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "minix"})
 
 
 @dataclass(frozen=True)
-class MountEntry:
-    """One line of /proc/self/mountinfo."""
-
-    majmin: str
-    root: str
-    mountpoint: str
-    mount_options: tuple[str, ...]
-    fstype: str
-    source: str
-    super_options: tuple[str, ...]
-
-    @property
-    def options(self) -> tuple[str, ...]:
-        """Per-mount options, then the filesystem's own, without repeats (what findmnt shows)."""
-        seen: list[str] = []
-        for option in (*self.mount_options, *self.super_options):
-            if option not in seen:
-                seen.append(option)
-        return tuple(seen)
-
-
-@dataclass(frozen=True)
-class FsTarget:
+class ResolvedFs:
     """A resolved filesystem target: the mount and the dump directory below it."""
 
     mount: MountSpec
@@ -80,37 +58,6 @@ class FsTarget:
 
 
 # -- mountinfo ----------------------------------------------------------------
-
-_OCTAL = re.compile(r"\\([0-7]{3})")
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
-def parse_mountinfo(text: str) -> list[MountEntry]:
-    """Every mount of a /proc/<pid>/mountinfo text, in file order (later mounts hide earlier)."""
-    entries: list[MountEntry] = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        if "-" not in fields[6:]:
-            continue
-        dash = fields.index("-", 6)
-        if len(fields) < dash + 4:
-            continue
-        entries.append(
-            MountEntry(
-                majmin=fields[2],
-                root=_unescape(fields[3]),
-                mountpoint=_unescape(fields[4]),
-                mount_options=tuple(fields[5].split(",")),
-                fstype=fields[dash + 1],
-                source=_unescape(fields[dash + 2]),
-                super_options=tuple(fields[dash + 3].split(",")),
-            )
-        )
-    return entries
 
 
 def read_mounts(paths: Paths) -> list[MountEntry]:
@@ -302,7 +249,7 @@ def _same_device(paths: Paths, a: str, b: str) -> bool:
 # -- the two kinds of targets -------------------------------------------------
 
 
-def default_target(paths: Paths, path: str, *, where: tuple[str, int]) -> FsTarget:
+def default_target(paths: Paths, path: str, *, where: tuple[str, int]) -> ResolvedFs:
     """The filesystem backing ``path`` on the running system, and ``path`` within it.
 
     ``where`` is (file, line) of the ``path`` directive, for errors.
@@ -344,7 +291,7 @@ def default_target(paths: Paths, path: str, *, where: tuple[str, int]) -> FsTarg
         fstype=primary.fstype,
         options=rewrite_options(primary.options),
     )
-    return FsTarget(mount=mount, path=in_fs, host_device=device, mounted_at=primary.mountpoint)
+    return ResolvedFs(mount=mount, path=in_fs, host_device=device, mounted_at=primary.mountpoint)
 
 
 def _fstab_options(paths: Paths, spec: str, device: str) -> tuple[str, ...] | None:
@@ -377,7 +324,7 @@ def blkid_type(device: str) -> str | None:
 
 def explicit_target(
     paths: Paths, fstype: str, spec: str, path: str, *, where: tuple[str, int]
-) -> FsTarget:
+) -> ResolvedFs:
     """Resolve ``<fstype> <spec>`` from kdump.conf; ``path`` is relative to that filesystem."""
     file, line = where
     spec = spec.strip()
@@ -432,12 +379,12 @@ def explicit_target(
         fstype=fstype,
         options=rewrite_options(options),
     )
-    return FsTarget(
+    return ResolvedFs(
         mount=mount, path=normalize_path(path), host_device=device, mounted_at=mounted_at
     )
 
 
-def root_target(paths: Paths) -> FsTarget:
+def root_target(paths: Paths) -> ResolvedFs:
     """The root filesystem as the capture kernel mounts it (/sysroot), for dump_to_rootfs."""
     entries = read_mounts(paths)
     roots = [e for e in entries if e.mountpoint == "/"]
@@ -452,7 +399,7 @@ def root_target(paths: Paths) -> FsTarget:
         fstype=entry.fstype,
         options=rewrite_options(entry.options),
     )
-    return FsTarget(mount=mount, path="/", host_device=device, mounted_at="/")
+    return ResolvedFs(mount=mount, path="/", host_device=device, mounted_at="/")
 
 
 def device_stack_modules(paths: Paths, device: str) -> tuple[str, ...]:
@@ -478,3 +425,31 @@ def device_stack_modules(paths: Paths, device: str) -> tuple[str, ...]:
     if (block / "md").is_dir():
         modules.append("mdraid")
     return tuple(modules)
+
+
+# -- the kind -------------------------------------------------------------------
+
+
+def compile(config: KdumpConfig, paths: Paths, *, where: tuple[str, int]) -> CompiledTarget:
+    """The default path target (no directive), or ``<fstype> <device>``, as the plan's target."""
+    target = config.target
+    if target is None:
+        resolved = default_target(paths, config.path, where=where)
+    else:
+        resolved = explicit_target(paths, target.kind, target.value, config.path, where=where)
+    return CompiledTarget(
+        target=FsTarget(path=resolved.path, mount=resolved.mount),
+        devices=(resolved.host_device,),
+    )
+
+
+def preflight(paths: Paths, messages: Messages, plan: CapturePlan) -> None:
+    """Nothing to prove beyond what compiling checked: the filesystem is there."""
+
+
+def image_needs(paths: Paths, plan: CapturePlan) -> ImageNeeds:
+    """The filesystem's driver, and its device for host-only driver selection."""
+    target = plan.target
+    if not isinstance(target, FsTarget) or target.mount is None:
+        return ImageNeeds()
+    return ImageNeeds(drivers=(target.mount.fstype,), devices=(target.mount.device,))

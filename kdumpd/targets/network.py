@@ -3,7 +3,7 @@
 The first kernel knows how it reaches the dump server: ``ip route get`` names
 the interface, the source address and the gateway, and ``ip addr`` says
 whether that address came from DHCP (it is ``dynamic``) or was set statically.
-:func:`network_for` turns that into a :class:`~kdumpd.plan.NetworkSpec`, and
+:func:`network_for` turns that into a :class:`~kdumpd.contract.plan.NetworkSpec`, and
 :func:`network_unit` into the systemd.network file that systemd-networkd
 (dracut's ``systemd-networkd`` module) applies in the capture initramfs: the
 same NIC, matched by its MAC address because names may change, brought up the
@@ -23,10 +23,9 @@ import socket
 from typing import Any
 
 from kdumpd import proc
-from kdumpd.errors import ConfigError, Problem
+from kdumpd.contract.plan import NetworkSpec
+from kdumpd.errors import ConfigError, Problem, TargetError
 from kdumpd.paths import Paths
-from kdumpd.plan import NetworkSpec
-from kdumpd.targets import TargetError
 
 #: How long the capture agent waits for a route to the server (kdumpctl waits 180 s too).
 ROUTE_WAIT_SECONDS = 180

@@ -26,30 +26,33 @@ The server needs nothing but sshd and a POSIX shell with mkdir and rm
 from __future__ import annotations
 
 import shlex
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kdumpd import proc
-
-# Shared with the capture agent, which must not import this module: re-exported.
-from kdumpd.capture.ssh import CONNECT_TIMEOUT_SECONDS as CONNECT_TIMEOUT_SECONDS
-from kdumpd.capture.ssh import DEFAULT_PORT as DEFAULT_PORT
-from kdumpd.capture.ssh import SshFailure as SshFailure
-from kdumpd.capture.ssh import classify as classify
-from kdumpd.capture.ssh import ssh_base_argv as ssh_base_argv
-from kdumpd.errors import ConfigError, Problem
+from kdumpd.config.checks import effective_sshkey
+from kdumpd.config.kdumpconf import DumpTarget, KdumpConfig
+from kdumpd.contract.plan import CapturePlan, NetworkSpec, SshSpec, SshTarget
+from kdumpd.contract.ssh import (
+    CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_PORT,
+    SshFailure,
+    classify,
+    known_hosts_name,
+    last_line,
+    ssh_base_argv,
+)
+from kdumpd.errors import BuildError, ConfigError, Problem, TargetError
+from kdumpd.host import meminfo_total_kib
 from kdumpd.messages import Messages
-from kdumpd.plan import NetworkSpec, SshSpec
-from kdumpd.targets import TargetError
+from kdumpd.paths import KDUMP_CONF, Paths
+from kdumpd.targets import network
+from kdumpd.targets.base import CompiledTarget, ImageFile, ImageNeeds
+from kdumpd.targets.fs import normalize_path
 
-if TYPE_CHECKING:
-    from kdumpd.config.kdumpconf import DumpTarget, KdumpConfig
-    from kdumpd.paths import Paths
-
-CONFIG_FILE = "/etc/kdump.conf"
 #: How long kdumpctl waits for a network target to become usable (§3.3 step 6).
 DEFAULT_WAIT_SECONDS = 180.0
 DEFAULT_POLL_SECONDS = 1.0
@@ -94,7 +97,7 @@ class SshDestination:
     @property
     def known_hosts_name(self) -> str:
         """The name a known_hosts line carries for this host: ``host`` or ``[host]:port``."""
-        return self.host if self.port == DEFAULT_PORT else f"[{self.host}]:{self.port}"
+        return known_hosts_name(self.host, self.port)
 
 
 # -- destination ----------------------------------------------------------------
@@ -121,7 +124,7 @@ def resolve_destination(
     target: DumpTarget,
     *,
     ssh_config: Path | None = None,
-    source: str = CONFIG_FILE,
+    source: str = KDUMP_CONF,
     line: int = 0,
 ) -> SshDestination:
     """Check ``ssh user@host`` against ``ssh -G`` and take the port from it.
@@ -189,11 +192,6 @@ def probe_command(path: str) -> str:
     return f"set -C && mkdir -p -- {where} && : > {probe} && rm -f -- {probe}"
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
-
-
 def failure_message(
     failure: SshFailure,
     dest: SshDestination,
@@ -206,7 +204,7 @@ def failure_message(
 ) -> str:
     """kdumpctl's sentence for the failure, then what to do about it."""
     where = f"{dest.target}:{path}"
-    said = _last_line(stderr)
+    said = last_line(stderr)
     if failure is SshFailure.PERMISSION:
         return (
             f"Could not create {where}, you should check the privilege on server side. "
@@ -244,7 +242,7 @@ def _attempt(argv: Sequence[str], timeout: float) -> tuple[int | None, str, str]
     return done.returncode, done.stdout, done.stderr
 
 
-def preflight(
+def run_preflight(
     dest: SshDestination,
     *,
     identity: str,
@@ -348,15 +346,13 @@ def propagate(
     skips ssh-copy-id's "already installed" test, which would log in with
     those options and wrongly conclude the new key works. Returns the key file.
     """
-    from kdumpd.config.checks import effective_sshkey
-
     target = config.target
     if target is None or target.kind != "ssh":
         raise SshTargetError(
-            f"No ssh destination defined in {CONFIG_FILE}.\n{_format_hint(CONFIG_FILE)}"
+            f"No ssh destination defined in {KDUMP_CONF}.\n{_format_hint(KDUMP_CONF)}"
         )
     if not target.user or not target.host:
-        raise SshTargetError(_format_hint(CONFIG_FILE))
+        raise SshTargetError(_format_hint(KDUMP_CONF))
     key = effective_sshkey(config, paths)
     key_file = paths.under_root(key)
     if key_file.exists():
@@ -437,9 +433,6 @@ def compile_ssh_target(
     kernel), the route to the server can be mirrored, and dracut can bring the
     network up. Reachability is :func:`preflight`'s business, not this one's.
     """
-    from kdumpd.config.checks import effective_sshkey
-    from kdumpd.targets import network
-
     target = config.target
     assert target is not None and target.kind == "ssh"
     source, line = where
@@ -473,3 +466,102 @@ def compile_ssh_target(
         known_hosts_text=known,
     )
     return spec, network.network_for(paths, address)
+
+
+# -- the kind -------------------------------------------------------------------
+
+#: Where the generated network file goes in the image; it sorts before the host's own.
+NETWORK_FILE_IN_IMAGE = "/etc/systemd/network/10-kdumpd.network"
+#: What brings the network up in the capture initramfs (dracut's networkd module only
+#: enables it for multi-user.target, which an initrd never reaches).
+NETWORK_UNITS: tuple[str, ...] = ("systemd-networkd.service",)
+#: Programs the capture side runs for an ssh target.
+CAPTURE_PROGRAMS: tuple[str, ...] = ("ssh", "ip")
+
+
+def compile(config: KdumpConfig, paths: Paths, *, where: tuple[str, int]) -> CompiledTarget:
+    """``ssh user@host``: destination, key, host key and network (:func:`compile_ssh_target`)."""
+    spec, net = compile_ssh_target(config, paths, where=where)
+    return CompiledTarget(
+        target=SshTarget(path=normalize_path(config.path), ssh=spec, network=net),
+        dracut_modules=(NETWORK_DRACUT_MODULE,),
+    )
+
+
+def preflight(paths: Paths, messages: Messages, plan: CapturePlan) -> None:
+    """Prove the capture kernel's ssh will work before arming (§3.3 step 6).
+
+    Runs with the key and exactly the known_hosts lines the image will carry,
+    waiting (bounded) for the network; raises SshTargetError naming whether
+    the network, the host key, the authentication or the permission failed.
+    Then warns when the server has less room than this machine has memory.
+    """
+    target = plan.target
+    if not isinstance(target, SshTarget):
+        return
+    spec = target.ssh
+    dest = SshDestination(user=spec.user, host=spec.host, port=spec.port)
+    identity = str(paths.under_root(spec.identity))
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=paths.run_dir, prefix="known_hosts.", encoding="utf-8"
+    ) as known:
+        known.write(spec.known_hosts_text)
+        known.flush()
+        path = target.path
+        run_preflight(dest, identity=identity, known_hosts=known.name, path=path, messages=messages)
+        memory = meminfo_total_kib(paths)
+        if memory is not None:
+            check_remote_size(
+                dest,
+                identity=identity,
+                known_hosts=known.name,
+                path=path,
+                mem_total_kib=memory,
+                messages=messages,
+            )
+
+
+def image_needs(paths: Paths, plan: CapturePlan) -> ImageNeeds:
+    """ssh and ip, the key (0600, as on the host), the server's known_hosts lines and the
+    network file (0644: systemd-networkd reads it as the systemd-network user), and only
+    the NIC toward the server.
+
+    known_hosts and the network file come from the plan, so the manifest covers them.
+    """
+    target = plan.target
+    if not isinstance(target, SshTarget):
+        return ImageNeeds()
+    spec = target.ssh
+    key = paths.under_root(spec.identity)
+    try:
+        key_bytes = key.read_bytes()
+    except OSError as exc:
+        raise BuildError(
+            f"cannot read the ssh key {spec.identity}: {exc.strerror}; run kdumpctl propagate"
+        ) from exc
+    files = [
+        ImageFile("ssh_identity", spec.identity, "0600", key_bytes),
+        ImageFile("ssh_known_hosts", spec.known_hosts, "0644", spec.known_hosts_text.encode()),
+    ]
+    net = target.network
+    if net is None:
+        return ImageNeeds(
+            programs=CAPTURE_PROGRAMS,
+            files=tuple(files),
+            inputs={f"ssh key {spec.identity}": key},
+        )
+    files.append(
+        ImageFile(
+            "kdumpd.network", NETWORK_FILE_IN_IMAGE, "0644", network.network_unit(net).encode()
+        )
+    )
+    return ImageNeeds(
+        drivers=(net.driver,) if net.driver else (),
+        programs=CAPTURE_PROGRAMS,
+        files=tuple(files),
+        inputs={f"ssh key {spec.identity}": key},
+        start_units=NETWORK_UNITS,
+        nics=(net.interface,),
+        generic_drivers=True,
+    )

@@ -1,5 +1,6 @@
-"""Readers and writers of crash dump files (stdlib only: the capture agent imports this).
+"""Readers of crash dump files (stdlib only: the capture agent imports ``elf``).
 
 ``elf``: the ELF core of ``/proc/vmcore`` (headers, notes, VMCOREINFO).
-``synth``: a generator of synthetic ELF cores that real tools accept, for tests.
+``flattened``: makedumpfile's flattened stream (``-F``), as raw and ssh targets keep it.
+Synthetic cores for tests are written by ``tests/support/synth.py``.
 """

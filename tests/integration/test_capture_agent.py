@@ -17,10 +17,10 @@ import pytest
 
 from kdumpd.capture.agent import CaptureContext, run_capture
 from kdumpd.capture.log import CaptureLog
+from kdumpd.contract.plan import PLAN_VERSION, CapturePlan
 from kdumpd.paths import Paths
-from kdumpd.plan import CapturePlan
 from kdumpd.vmcore.elf import read_core
-from kdumpd.vmcore.synth import CoreSpec, generate_core
+from tests.support.synth import CoreSpec, generate_core
 
 pytestmark = [
     pytest.mark.integration,
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def plan_json(path: str, **changes: Any) -> dict[str, Any]:
     plan: dict[str, Any] = {
-        "version": 1,
+        "version": PLAN_VERSION,
         "kernel_release": "6.1.0-synthetic-amd64",
         "target": {"kind": "fs", "path": path, "mount": None},
         "core_collector": COLLECTOR,

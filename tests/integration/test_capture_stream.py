@@ -20,15 +20,16 @@ from pathlib import Path
 import pytest
 from sshd import LoopbackSshd, running_sshd
 
-from kdumpd import flattened
 from kdumpd.capture.agent import CaptureContext, run_capture
 from kdumpd.capture.log import CaptureLog
 from kdumpd.capture.ssh import SshDump
+from kdumpd.contract.plan import CapturePlan, RawTarget, SshSpec, SshTarget, Target
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
-from kdumpd.plan import CapturePlan, SshSpec, TargetSpec
+from kdumpd.postcrash import raw_import
 from kdumpd.targets import raw
-from kdumpd.vmcore.synth import CoreSpec, generate_core
+from kdumpd.vmcore import flattened
+from tests.support.synth import CoreSpec, generate_core
 
 pytestmark = [
     pytest.mark.integration,
@@ -54,7 +55,7 @@ def direct_dump(core: Path, out: Path) -> bytes:
     return out.read_bytes()
 
 
-def agent(root: Paths, core: Path, target: TargetSpec) -> tuple[CaptureContext, list[str]]:
+def agent(root: Paths, core: Path, target: Target) -> tuple[CaptureContext, list[str]]:
     actions: list[str] = []
     plan = CapturePlan(
         kernel_release="6.1.0-synthetic-amd64",
@@ -86,7 +87,7 @@ def test_ssh_capture_streams_into_dd_on_the_server(
         known_hosts=str(server.known_hosts),
         address=server.host,
     )
-    ctx, actions = agent(Paths(root=tmp_path), core, TargetSpec("ssh", str(remote), ssh=spec))
+    ctx, actions = agent(Paths(root=tmp_path), core, SshTarget(path=str(remote), ssh=spec))
     assert run_capture(ctx) == 0, ctx.log.text()
     assert actions == ["poweroff"]
 
@@ -121,10 +122,15 @@ def test_ssh_capture_with_the_server_down_says_network(
         known_hosts=str(server.known_hosts),
     )
     ctx, actions = agent(
-        Paths(root=tmp_path), core, TargetSpec("ssh", str(tmp_path / "crash"), ssh=spec)
+        Paths(root=tmp_path), core, SshTarget(path=str(tmp_path / "crash"), ssh=spec)
     )
+
     # No retrying: the server stays down.
-    ctx.make_sink = lambda target: SshDump(target, None, ctx.log, connect_retry=0.0)
+    def make_sink(target: Target) -> SshDump:
+        assert isinstance(target, SshTarget)
+        return SshDump(target, ctx.log, connect_retry=0.0)
+
+    ctx.make_sink = make_sink
     assert run_capture(ctx) == 1
     assert actions == ["reboot"]
     assert "network: cannot reach" in ctx.log.text()
@@ -137,14 +143,14 @@ def test_raw_capture_then_import_brings_the_dump_home(core: Path, tmp_path: Path
     image = root.under_root(device)
     image.parent.mkdir(parents=True)
     image.write_bytes(b"\xaa" * (8 << 20))  # old contents: the stream must not need them gone
-    ctx, actions = agent(root, core, TargetSpec("raw", "/var/crash", raw_device=device))
+    ctx, actions = agent(root, core, RawTarget(device=device))
     assert run_capture(ctx) == 0, ctx.log.text()
     assert actions == ["poweroff"]
     assert raw.find_pending_dump(image)
 
     messages = RecordedMessages()
-    imported = raw.import_raw_dump(root, device, messages=messages, now=WHEN)
+    imported = raw_import.import_raw_dump(root, device, messages=messages, now=WHEN)
     assert imported is not None
     assert imported.vmcore.read_bytes() == direct_dump(core, tmp_path / "direct")
     assert not raw.find_pending_dump(image)
-    assert raw.import_raw_dump(root, device, messages=messages, now=WHEN) is None
+    assert raw_import.import_raw_dump(root, device, messages=messages, now=WHEN) is None

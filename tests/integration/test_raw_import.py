@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from kdumpd import flattened
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
+from kdumpd.postcrash import raw_import
 from kdumpd.targets import raw
-from kdumpd.vmcore.synth import generate_core
+from tests.support import flattened_writer
+from tests.support.synth import generate_core
 
 pytestmark = [
     pytest.mark.integration,
@@ -66,7 +67,7 @@ def fake_root_with_mounts(tmp_path: Path) -> Paths:
 
 def check_import(paths: Paths, device: str, node: Path, direct: bytes) -> None:
     messages = RecordedMessages()
-    result = raw.import_raw_dump(paths, device, messages=messages, now=WHEN)
+    result = raw_import.import_raw_dump(paths, device, messages=messages, now=WHEN)
     assert result is not None
     assert result.directory == paths.var_crash / "127.0.0.1-2024-06-23-21:27:26"
     assert sorted(p.name for p in result.directory.iterdir()) == ["vmcore", "vmcore-dmesg.txt"]
@@ -79,11 +80,11 @@ def check_import(paths: Paths, device: str, node: Path, direct: bytes) -> None:
         head = f.read(4096)
     assert head[:512] == bytes(512)
     assert not raw.find_pending_dump(node)
-    record = raw.read_import_record(paths, result.fingerprint)
+    record = raw_import.read_import_record(paths, result.fingerprint)
     assert record is not None and record["directory"] == str(result.directory)
 
     again = RecordedMessages()
-    assert raw.import_raw_dump(paths, device, messages=again, now=WHEN) is None
+    assert raw_import.import_raw_dump(paths, device, messages=again, now=WHEN) is None
     assert again.entries == []
     assert len(list(paths.var_crash.iterdir())) == 1
 
@@ -105,7 +106,7 @@ def test_own_writer_stream_is_reassembled_by_makedumpfile(tmp_path: Path) -> Non
     paths = fake_root_with_mounts(tmp_path)
     image = paths.under_root("/dev/kdump")
     with image.open("wb") as out:
-        flattened.write_stream(pieces, out)
+        flattened_writer.write_stream(pieces, out)
         out.write(bytes(DEVICE_BYTES))
     check_import(paths, "/dev/kdump", image, direct)
 
@@ -116,13 +117,13 @@ def test_truncated_stream_leaves_the_device_and_no_directory(tmp_path: Path) -> 
     image = paths.under_root("/dev/kdump")
     image.write_bytes(stream.read_bytes()[:60000])
     before = image.read_bytes()
-    with pytest.raises(raw.RawImportError) as caught:
-        raw.import_raw_dump(paths, "/dev/kdump", messages=RecordedMessages(), now=WHEN)
+    with pytest.raises(raw_import.RawImportError) as caught:
+        raw_import.import_raw_dump(paths, "/dev/kdump", messages=RecordedMessages(), now=WHEN)
     assert "the dump stream on /dev/kdump is incomplete" in str(caught.value)
     assert "dd if=/dev/zero of=/dev/kdump bs=512 count=1" in str(caught.value)
     assert image.read_bytes() == before
     assert not paths.var_crash.exists() or list(paths.var_crash.iterdir()) == []
-    assert not (paths.state_dir / raw.IMPORTS_DIR).exists()
+    assert not (paths.state_dir / raw_import.IMPORTS_DIR).exists()
 
 
 @pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="mkfs.ext4 not installed")

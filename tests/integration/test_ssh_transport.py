@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 from sshd import LoopbackSshd, free_port, running_sshd
 
-from kdumpd import flattened, proc
+from kdumpd import proc
 from kdumpd.config import parse_kdump_conf
 from kdumpd.config.kdumpconf import DumpTarget
+from kdumpd.contract import ssh as wire
 from kdumpd.errors import ConfigError
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
 from kdumpd.targets import ssh
-from kdumpd.vmcore.synth import generate_core
+from kdumpd.vmcore import flattened
+from tests.support.synth import generate_core
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +49,7 @@ def run_preflight(
     wait: float = 5.0,
 ) -> RecordedMessages:
     messages = RecordedMessages()
-    ssh.preflight(
+    ssh.run_preflight(
         destination(server, port=port),
         identity=str(identity or server.user_key),
         known_hosts=str(known_hosts or server.known_hosts),
@@ -92,7 +94,7 @@ def test_wrong_key_is_an_authentication_failure(server: LoopbackSshd, tmp_path: 
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other], check=True)
     with pytest.raises(ssh.SshTargetError) as caught:
         run_preflight(server, tmp_path / "crash", identity=other)
-    assert caught.value.failure is ssh.SshFailure.AUTHENTICATION
+    assert caught.value.failure is wire.SshFailure.AUTHENTICATION
     assert 'you probably need to run "kdumpctl propagate"' in str(caught.value)
     assert "Permission denied" in str(caught.value)
     assert not (tmp_path / "crash").exists()
@@ -103,7 +105,7 @@ def test_unknown_host_key_is_a_host_key_failure(server: LoopbackSshd, tmp_path: 
     empty.write_text("")
     with pytest.raises(ssh.SshTargetError) as caught:
         run_preflight(server, tmp_path / "crash", known_hosts=empty)
-    assert caught.value.failure is ssh.SshFailure.HOST_KEY
+    assert caught.value.failure is wire.SshFailure.HOST_KEY
     assert "Host key verification failed" in str(caught.value)
 
 
@@ -115,7 +117,7 @@ def test_server_down_is_a_network_failure_after_the_bounded_wait(tmp_path: Path)
     messages = RecordedMessages()
     started = time.monotonic()
     with pytest.raises(ssh.SshTargetError) as caught:
-        ssh.preflight(
+        ssh.run_preflight(
             dest,
             identity=str(key),
             known_hosts=str(tmp_path / "known_hosts"),
@@ -126,7 +128,7 @@ def test_server_down_is_a_network_failure_after_the_bounded_wait(tmp_path: Path)
             connect_timeout=1,
         )
     elapsed = time.monotonic() - started
-    assert caught.value.failure is ssh.SshFailure.NETWORK
+    assert caught.value.failure is wire.SshFailure.NETWORK
     assert "ipaddr is not ready yet. You should check network connection" in str(caught.value)
     assert "Connection refused" in str(caught.value)
     assert 1.0 <= elapsed < 10
@@ -140,7 +142,7 @@ def test_unwritable_path_is_a_permission_failure(server: LoopbackSshd, tmp_path:
     blocker.write_text("not a directory")
     with pytest.raises(ssh.SshTargetError) as caught:
         run_preflight(server, blocker / "crash")
-    assert caught.value.failure is ssh.SshFailure.PERMISSION
+    assert caught.value.failure is wire.SshFailure.PERMISSION
     assert "you should check the privilege on server side" in str(caught.value)
     assert "Not a directory" in str(caught.value)
 
@@ -160,7 +162,7 @@ def test_known_hosts_entry_is_what_strict_checking_needs(
     )
     with pytest.raises(ssh.SshTargetError) as caught:
         ssh.known_hosts_entry(Paths(), wrong_port)
-    assert caught.value.failure is ssh.SshFailure.HOST_KEY
+    assert caught.value.failure is wire.SshFailure.HOST_KEY
     assert "The host key of 127.0.0.1 is not in" in str(caught.value)
 
 
@@ -176,7 +178,7 @@ def test_flattened_stream_through_ssh_reassembles(server: LoopbackSshd, tmp_path
     remote = tmp_path / "server" / "crash" / "127.0.0.1-2024-01-01-00:00:00"
     run_preflight(server, remote)
 
-    base = ssh.ssh_base_argv(
+    base = wire.ssh_base_argv(
         user=server.user,
         host=server.host,
         port=server.port,
@@ -208,7 +210,7 @@ def test_propagate_installs_a_new_key_that_then_works(server: LoopbackSshd, tmp_
     # The session's HOME is the fixture's, so ssh-copy-id writes there (checked first).
     probe = subprocess.run(
         [
-            *ssh.ssh_base_argv(
+            *wire.ssh_base_argv(
                 user=server.user,
                 host=server.host,
                 port=server.port,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kdumpd.capture.collector import collector_argv, sparse_copy
-from kdumpd.vmcore.synth import CoreSpec, generate_core
+from tests.support.synth import CoreSpec, generate_core
 
 DEFAULT = ("makedumpfile", "-l", "--message-level", "7", "-d", "31")
 

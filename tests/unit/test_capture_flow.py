@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 
 from kdumpd import proc
-from kdumpd.capture import fs
 from kdumpd.capture.agent import CaptureContext, run_capture, run_error_handler
+from kdumpd.capture.base import wait_for_device
 from kdumpd.capture.log import CaptureLog
+from kdumpd.contract.layout import dump_dir_name
+from kdumpd.contract.plan import CapturePlan, FsTarget, MountSpec
+from kdumpd.errors import TargetError
 from kdumpd.paths import Paths
-from kdumpd.plan import CapturePlan, MountSpec, TargetSpec
-from kdumpd.vmcore.synth import CoreSpec, generate_core
 from tests.conftest import ProgramStub, write
+from tests.support.synth import CoreSpec, generate_core
 
 WHEN = datetime(2024, 6, 23, 21, 27, 26)
 COLLECTOR = ("makedumpfile", "-l", "--message-level", "7", "-d", "31")
@@ -28,7 +30,7 @@ COLLECTOR = ("makedumpfile", "-l", "--message-level", "7", "-d", "31")
 def make_plan(**changes: Any) -> CapturePlan:
     base: dict[str, Any] = {
         "kernel_release": "6.1.0-synthetic-amd64",
-        "target": TargetSpec(kind="fs", path="/var/crash"),
+        "target": FsTarget(path="/var/crash"),
         "core_collector": COLLECTOR,
         "failure_action": "reboot",
         "final_action": "poweroff",
@@ -238,7 +240,7 @@ def test_target_is_mounted_when_not_yet(
     programs.expect("vmcore-dmesg")
     programs.expect_call("makedumpfile", collector_writes())
     mount = MountSpec(device="/dev/vdb1", mountpoint="/kdumproot", fstype="xfs")
-    plan = make_plan(target=TargetSpec(kind="fs", path="/crash", mount=mount))
+    plan = make_plan(target=FsTarget(path="/crash", mount=mount))
     assert Agent(fake_root, vmcore, plan).run() == 0
     mp = fake_root.under_root("/kdumproot")
     assert programs.calls[0] == ("mount", "-t", "xfs", "-o", "defaults", "/dev/vdb1", str(mp))
@@ -247,8 +249,8 @@ def test_target_is_mounted_when_not_yet(
 
 def test_missing_device_times_out_with_advice(fake_root: Paths) -> None:
     clock = iter([0.0, 1.0, 2.0, 3.0])
-    with pytest.raises(fs.TargetError, match=r"/dev/vdb1 did not appear within 2 s"):
-        fs.wait_for_device(
+    with pytest.raises(TargetError, match=r"/dev/vdb1 did not appear within 2 s"):
+        wait_for_device(
             fake_root, "/dev/vdb1", timeout=2, sleep=lambda _: None, clock=lambda: next(clock)
         )
 
@@ -288,6 +290,5 @@ def test_collector_failure_uses_fallback_copy(
 
 def test_dump_dir_name_matches_kdump_utils() -> None:
     assert (
-        fs.dump_dir_name("10.0.0.5", datetime(2024, 1, 2, 3, 4, 5))
-        == "10.0.0.5-2024-01-02-03:04:05"
+        dump_dir_name("10.0.0.5", datetime(2024, 1, 2, 3, 4, 5)) == "10.0.0.5-2024-01-02-03:04:05"
     )

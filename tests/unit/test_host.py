@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import lzma
 import struct
@@ -11,8 +12,11 @@ from typing import Any
 
 import pytest
 
+from kdumpd import estimate as est
 from kdumpd import host
 from kdumpd.config.sysconfig import SysConfig
+from kdumpd.errors import KdumpError
+from kdumpd.host import kernel_image
 from kdumpd.paths import Paths
 from tests.conftest import write
 
@@ -247,7 +251,7 @@ IOMEM = """\
 def test_iomem_memory_and_kernel_ranges(fake_root: Paths) -> None:
     write(fake_root.proc_iomem, IOMEM)
     ram = (0x9FFFF - 0x1000 + 1) + (0xBFFDFFFF - 0x100000 + 1) + 0x40000000
-    assert host.system_memory_bytes(fake_root) == ram
+    assert host.system_ram_bytes(IOMEM) == ram
     assert host.iomem_kernel_bytes(fake_root) == 16 * MIB + 8 * MIB + 4 * MIB + 4 * MIB
 
 
@@ -260,7 +264,7 @@ def test_meminfo_and_modules(fake_root: Paths) -> None:
     )
     assert host.meminfo_total_kib(fake_root) == 2030712
     assert host.loaded_modules(fake_root) == {"ext4": 1015808, "crc16": 16384}
-    assert host.meminfo_total_kib(Paths(root=fake_root.root / "missing")) == 0
+    assert host.meminfo_total_kib(Paths(root=fake_root.root / "missing")) is None
 
 
 def test_kernel_log_live_falls_back_to_dmesg(programs: Any) -> None:
@@ -290,12 +294,12 @@ def test_kernel_log_absent_is_empty(fake_root: Paths, programs: Any) -> None:
 @pytest.mark.parametrize(("elf64", "little"), [(True, True), (True, False), (False, True)])
 def test_elf_load_memsz_sums_only_pt_load(elf64: bool, little: bool) -> None:
     image = make_elf([20 * MIB, 3 * MIB], elf64=elf64, little=little)
-    assert host.elf_load_memsz(image) == 23 * MIB
+    assert kernel_image.elf_load_memsz(image) == 23 * MIB
 
 
 def test_elf_load_memsz_rejects_non_elf_and_truncated() -> None:
-    assert host.elf_load_memsz(b"MZ" + bytes(100)) is None
-    assert host.elf_load_memsz(make_elf([MIB])[:70]) is None
+    assert kernel_image.elf_load_memsz(b"MZ" + bytes(100)) is None
+    assert kernel_image.elf_load_memsz(make_elf([MIB])[:70]) is None
 
 
 @pytest.mark.parametrize(
@@ -311,22 +315,22 @@ def test_compressed_kernel_found_inside_junk(name: str, compress: Any) -> None:
     # A bzImage: setup code, then the compressed vmlinux, then trailing data.
     junk = b"MZ\x00\x1f\x8b" + bytes(range(256)) * 8
     image = junk + compress(make_elf([30 * MIB, 2 * MIB])) + b"\x00" * 64
-    assert host.image_load_size(image) == (32 * MIB, name)
+    assert kernel_image.image_load_size(image) == (32 * MIB, name)
 
 
 def test_zstd_kernel_is_named_as_unsupported() -> None:
     image = b"MZ" + bytes(64) + b"\x28\xb5\x2f\xfd" + bytes(64)
-    assert host.image_load_size(image) == (None, "zstd")
+    assert kernel_image.image_load_size(image) == (None, "zstd")
 
 
 def test_kernel_size_falls_back_to_iomem(fake_root: Paths, tmp_path: Path) -> None:
     write(fake_root.proc_iomem, IOMEM)
     zstd_image = tmp_path / "vmlinuz"
     zstd_image.write_bytes(b"MZ" + bytes(64) + b"\x28\xb5\x2f\xfd" + bytes(64))
-    size = host.kernel_image_size(fake_root, zstd_image)
+    size = kernel_image.kernel_image_size(fake_root, zstd_image)
     assert (size.bytes, size.source) == (32 * MIB, "iomem")
     assert size.note is not None and "zstd-compressed" in size.note
-    missing = host.kernel_image_size(fake_root, None)
+    missing = kernel_image.kernel_image_size(fake_root, None)
     assert missing.source == "iomem" and missing.note is not None
     assert "kernel image not found" in missing.note
 
@@ -338,10 +342,10 @@ def test_estimate_counts_only_image_modules_and_three_initrds(tmp_path: Path) ->
     initrd = tmp_path / "initrd.img"
     with initrd.open("wb") as handle:
         handle.truncate(40 * MIB)
-    estimate = host.estimate_capture_memory(
+    estimate = est.estimate_capture_memory(
         reserved=192 * MIB,
         baseline=128 * MIB,
-        kernel=host.KernelSize(30 * MIB, "elf"),
+        kernel=kernel_image.KernelSize(30 * MIB, "elf"),
         loaded={"ext4": 2 * MIB, "crc16": 16384, "nvidia": 60 * MIB},
         image_modules=frozenset({"ext4", "crc16"}),
         initramfs=initrd,
@@ -350,7 +354,7 @@ def test_estimate_counts_only_image_modules_and_three_initrds(tmp_path: Path) ->
     assert estimate.estimated == 30 * MIB + 2 * MIB + 16384 + 120 * MIB + 16 * MIB
     assert estimate.recommended == estimate.estimated
     assert estimate.image_built and not estimate.notes
-    assert host.format_estimate(estimate) == [
+    assert est.format_estimate(estimate) == [
         "Reserved crashkernel:    192M",
         "Recommended crashkernel: 168M",
         "",
@@ -364,10 +368,10 @@ def test_estimate_counts_only_image_modules_and_three_initrds(tmp_path: Path) ->
 
 
 def test_estimate_without_image_counts_zero_and_says_so() -> None:
-    estimate = host.estimate_capture_memory(
+    estimate = est.estimate_capture_memory(
         reserved=128 * MIB,
         baseline=256 * MIB,
-        kernel=host.KernelSize(30 * MIB, "elf"),
+        kernel=kernel_image.KernelSize(30 * MIB, "elf"),
         loaded={"ext4": 2 * MIB},
         image_modules=None,
         initramfs=None,
@@ -376,7 +380,7 @@ def test_estimate_without_image_counts_zero_and_says_so() -> None:
     assert not estimate.image_built
     assert len(estimate.notes) == 2
     assert all("not built yet" in note for note in estimate.notes)
-    lines = host.format_estimate(estimate)
+    lines = est.format_estimate(estimate)
     assert lines[1] == "Recommended crashkernel: 256M"
     assert lines[-2:] == [
         "Large modules: <none>",
@@ -386,6 +390,40 @@ def test_estimate_without_image_counts_zero_and_says_so() -> None:
 
 def test_module_list_normalises_dashes(tmp_path: Path) -> None:
     listing = write(tmp_path / "mods.txt", "ext4\nnvme-core\n\n")
-    assert host.read_module_list(listing) == frozenset({"ext4", "nvme_core"})
-    assert host.read_module_list(tmp_path / "absent") is None
-    assert host.read_module_list(None) is None
+    assert est.read_module_list(listing) == frozenset({"ext4", "nvme_core"})
+    assert est.read_module_list(tmp_path / "absent") is None
+    assert est.read_module_list(None) is None
+
+
+def test_a_busy_sysfs_node_is_read_once_the_kexec_load_ends(
+    fake_root: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # kexec_crash_size answers EBUSY while a load holds kexec_mutex.
+    node = write(fake_root.kexec_crash_size, f"{256 << 20}\n")
+    real_read_text = Path.read_text
+    busy = [2]
+
+    def read_text(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self == node and busy[0]:
+            busy[0] -= 1
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(host.time, "sleep", lambda seconds: None)
+    assert host.crash_size_bytes(fake_root, "kdump") == 256 << 20
+    assert busy == [0]
+
+
+def test_a_node_busy_for_too_long_is_an_error_not_a_traceback(
+    fake_root: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = write(fake_root.kexec_crash_size, "0\n")
+
+    def read_text(self: Path, *args: Any, **kwargs: Any) -> str:
+        raise OSError(errno.EBUSY, "Device or resource busy", str(node))
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(host.time, "sleep", lambda seconds: None)
+    with pytest.raises(KdumpError, match="a kexec load or unload is running; try again"):
+        host.crash_size_bytes(fake_root, "kdump")

@@ -13,11 +13,16 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from kdumpd import initramfs, proc
+from kdumpd import proc
 from kdumpd.config.kdumpconf import KdumpConfig, parse_kdump_conf
-from kdumpd.initramfs import Manifest, ModuleContext, PythonFiles
+from kdumpd.contract.plan import CapturePlan, FsTarget, MountSpec
+from kdumpd.errors import BuildError
+from kdumpd.image import agent, build, dracut, manifest, render
+from kdumpd.image.agent import PythonFiles
+from kdumpd.image.manifest import Manifest
+from kdumpd.image.needs import image_needs
+from kdumpd.image.render import ModuleContext
 from kdumpd.paths import Paths
-from kdumpd.plan import CapturePlan, MountSpec, TargetSpec
 from tests.conftest import ProgramStub, write
 
 KVER = "6.1.0-28-amd64"
@@ -31,8 +36,7 @@ def conf(text: str) -> KdumpConfig:
 def make_plan(**changes: object) -> CapturePlan:
     base: dict[str, object] = {
         "kernel_release": KVER,
-        "target": TargetSpec(
-            kind="fs",
+        "target": FsTarget(
             path="/var/crash",
             mount=MountSpec("/dev/disk/by-uuid/abc", "/sysroot", "ext4", "rw,relatime"),
         ),
@@ -55,16 +59,16 @@ def system(paths: Paths) -> Path:
 
 
 def test_shell_quote_words_and_lists() -> None:
-    assert initramfs.shell_quote("plain") == "plain"
-    assert initramfs.shell_quote("a b") == "'a b'"
-    assert initramfs.shell_quote(["x", "it's"]) == "x 'it'\"'\"'s'"
+    assert render.shell_quote("plain") == "plain"
+    assert render.shell_quote("a b") == "'a b'"
+    assert render.shell_quote(["x", "it's"]) == "x 'it'\"'\"'s'"
     with pytest.raises(ValueError):
-        initramfs.shell_quote(None)
+        render.shell_quote(None)
 
 
 def test_template_printing_unquoted_value_fails(tmp_path: Path) -> None:
     write(tmp_path / "bad.j2", "echo {{ value }}\n")
-    env = initramfs.template_environment(tmp_path)
+    env = render.template_environment(tmp_path)
     with pytest.raises(ValueError, match="without the shell_quote filter"):
         env.get_template("bad.j2").render(value="$(reboot)")
     with pytest.raises(jinja2.UndefinedError):
@@ -102,7 +106,7 @@ def hostile_context(build_dir: str) -> ModuleContext:
 
 def test_render_writes_every_template(tmp_path: Path) -> None:
     context = hostile_context(str(tmp_path / "build dir"))
-    written = initramfs.render_module(context, template_dir=TEMPLATES, out_dir=tmp_path)
+    written = render.render_module(context, template_dir=TEMPLATES, out_dir=tmp_path)
     names = {p.name for p in written}
     assert {"kdumpd-setup.sh", "kdumpd-capture.service", "kdumpd-emergency.service"} <= names
     service = (tmp_path / "kdumpd-capture.service").read_text()
@@ -137,13 +141,13 @@ def test_agent_runs_from_the_root_only_when_the_target_is_the_root_device(
 
         return stat_file
 
-    assert initramfs.agent_root_mount(fake_root, root_plan()) is None  # not a block device
-    mount = initramfs.agent_root_mount(fake_root, root_plan(), stat_file=fake_stat(root_dev))
+    assert agent.agent_root_mount(fake_root, root_plan()) is None  # not a block device
+    mount = agent.agent_root_mount(fake_root, root_plan(), stat_file=fake_stat(root_dev))
     assert mount is not None and mount.mountpoint == "/sysroot"
-    other = initramfs.agent_root_mount(fake_root, root_plan(), stat_file=fake_stat(other_dev))
+    other = agent.agent_root_mount(fake_root, root_plan(), stat_file=fake_stat(other_dev))
     assert other is None
-    ssh_like = make_plan(target=TargetSpec(kind="fs", path="/var/crash", mount=None))
-    assert initramfs.agent_root_mount(fake_root, ssh_like, stat_file=fake_stat(root_dev)) is None
+    ssh_like = make_plan(target=FsTarget(path="/var/crash", mount=None))
+    assert agent.agent_root_mount(fake_root, ssh_like, stat_file=fake_stat(root_dev)) is None
 
 
 def test_unit_values_must_be_plain_paths(tmp_path: Path) -> None:
@@ -160,7 +164,7 @@ def test_unit_values_must_be_plain_paths(tmp_path: Path) -> None:
         python="/usr/bin/python3 --evil",
     )
     with pytest.raises(ValueError, match="unit file"):
-        initramfs.render_module(context, template_dir=TEMPLATES, out_dir=tmp_path)
+        render.render_module(context, template_dir=TEMPLATES, out_dir=tmp_path)
 
 
 STUBS = r"""
@@ -185,7 +189,7 @@ def test_hostile_values_stay_data_in_the_rendered_shell(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     context = hostile_context(build_dir)
-    initramfs.render_module(context, template_dir=TEMPLATES, out_dir=out)
+    render.render_module(context, template_dir=TEMPLATES, out_dir=out)
     setup = out / "kdumpd-setup.sh"
     subprocess.run([bash, "-n", str(setup)], check=True)
 
@@ -245,7 +249,7 @@ def test_agent_import_names_sees_lazy_imports_and_skips_our_package() -> None:
             "from . import sibling\n"
         )
     }
-    names = initramfs.agent_import_names(sources)
+    names = agent.agent_import_names(sources)
     assert {"os", "json", "shutil", "email", "email.message", "runpy"} <= set(names)
     assert not [n for n in names if n.startswith("kdumpd")]
     assert "sibling" not in names
@@ -255,14 +259,14 @@ def test_parse_python_files_splits_sources_and_extensions() -> None:
     text = (
         "/usr/lib/python3.11/os.py\n/usr/lib/python3.11/lib-dynload/_json.cpython-311.so\nfrozen\n"
     )
-    files = initramfs.parse_python_files(text)
+    files = agent.parse_python_files(text)
     assert files.sources == ("/usr/lib/python3.11/os.py",)
     assert files.extensions == ("/usr/lib/python3.11/lib-dynload/_json.cpython-311.so",)
 
 
 @pytest.mark.integration
 def test_lister_reports_lazy_stdlib_imports_of_the_real_python() -> None:
-    files = initramfs.list_python_files(["json", "shutil"])
+    files = agent.list_python_files(["json", "shutil"])
     names = {Path(p).name for p in files.sources}
     assert {"shutil.py", "os.py"} <= names
     assert any(p.endswith("json/__init__.py") for p in files.sources)
@@ -273,9 +277,10 @@ def test_lister_reports_lazy_stdlib_imports_of_the_real_python() -> None:
 
 
 def argv_for(plan: CapturePlan, config: KdumpConfig, **kw: object) -> list[str]:
-    return initramfs.dracut_argv(
+    return dracut.dracut_argv(
         plan,
         config,
+        needs=image_needs(Paths(), plan),
         image=Path("/state/img.new"),
         kernel_release=KVER,
         build_dir=Path("/state/build"),
@@ -337,40 +342,40 @@ def test_dracut_argv_without_zstd_and_bad_quotes() -> None:
 # -- manifest and rebuild decision ------------------------------------------------------
 
 
-def manifest(paths: Paths, config: KdumpConfig, plan: CapturePlan, kernel: Path) -> Manifest:
-    return initramfs.compute_manifest(
+def inputs_of(paths: Paths, config: KdumpConfig, plan: CapturePlan, kernel: Path) -> Manifest:
+    return manifest.compute_manifest(
         paths, config, plan, kernel_image=kernel, template_dir=TEMPLATES, dracut_version_text="059"
     )
 
 
 def record_image(paths: Paths, m: Manifest) -> None:
-    write(initramfs.image_path(paths, KVER), "image")
-    write(initramfs.manifest_path(paths, KVER), m.to_json())
+    write(manifest.image_path(paths, KVER), "image")
+    write(manifest.manifest_path(paths, KVER), m.to_json())
 
 
 def test_manifest_moves_with_content_not_mtime(fake_root: Paths) -> None:
     kernel = system(fake_root)
     config, plan = KdumpConfig(), make_plan()
-    first = manifest(fake_root, config, plan, kernel)
+    first = inputs_of(fake_root, config, plan, kernel)
     record_image(fake_root, first)
-    assert initramfs.rebuild_reason(fake_root, config, first) is None
+    assert manifest.rebuild_reason(fake_root, config, first) is None
 
     for path in (fake_root.kdump_conf, kernel, fake_root.under_root("/usr/bin/makedumpfile")):
         os.utime(path, (1, 4_000_000_000))
-    assert manifest(fake_root, config, plan, kernel) == first
+    assert inputs_of(fake_root, config, plan, kernel) == first
 
     write(fake_root.kdump_conf, "path /var/crash\nfinal_action poweroff\n")
-    second = manifest(fake_root, config, plan, kernel)
-    assert initramfs.changed_inputs(first, second) == ["kdump.conf changed"]
+    second = inputs_of(fake_root, config, plan, kernel)
+    assert manifest.changed_inputs(first, second) == ["kdump.conf changed"]
     assert (
-        initramfs.rebuild_reason(fake_root, config, second)
+        manifest.rebuild_reason(fake_root, config, second)
         == "Detected change(s): kdump.conf changed"
     )
 
     write(kernel, "kernel v2")
     write(fake_root.under_root("/usr/bin/makedumpfile"), "makedumpfile v2")
-    third = manifest(fake_root, config, plan, kernel)
-    assert initramfs.changed_inputs(second, third) == [
+    third = inputs_of(fake_root, config, plan, kernel)
+    assert manifest.changed_inputs(second, third) == [
         "core_collector /usr/bin/makedumpfile changed",
         f"kernel vmlinuz-{KVER} changed",
     ]
@@ -385,16 +390,16 @@ def test_manifest_covers_plan_hooks_sysconfig_and_modules(fake_root: Paths) -> N
     write(ko_dir / "kernel/fs/dlm/dlm.ko.xz", "dlm v1")
     config = conf("extra_modules gfs2 nosuchmod\n")
     plan = make_plan(pre_d=("/etc/kdump/pre.d/10-x",))
-    first = manifest(fake_root, config, plan, kernel)
+    first = inputs_of(fake_root, config, plan, kernel)
     assert first.inputs["module nosuchmod"] == "missing"
     assert "template kdumpd-setup.sh.j2" in first.inputs
-    assert "agent kdumpd/plan.py" in first.inputs
+    assert "agent kdumpd/contract/plan.py" in first.inputs
 
     write(ko_dir / "kernel/fs/dlm/dlm.ko.xz", "dlm v2")
     write(hook, "#!/bin/sh\necho changed\n")
     write(fake_root.default_kdump, "KDUMP_COMMANDLINE_APPEND=x\n")
-    second = manifest(fake_root, config, make_plan(pre_d=plan.pre_d, final_action="halt"), kernel)
-    assert initramfs.changed_inputs(first, second) == [
+    second = inputs_of(fake_root, config, make_plan(pre_d=plan.pre_d, final_action="halt"), kernel)
+    assert manifest.changed_inputs(first, second) == [
         "/etc/default/kdump added",
         "capture plan changed",
         "module gfs2: dlm.ko.xz changed",
@@ -405,23 +410,20 @@ def test_manifest_covers_plan_hooks_sysconfig_and_modules(fake_root: Paths) -> N
 def test_rebuild_reason_missing_image_and_force_flags(fake_root: Paths) -> None:
     kernel = system(fake_root)
     plan = make_plan()
-    m = manifest(fake_root, KdumpConfig(), plan, kernel)
-    image = initramfs.image_path(fake_root, KVER)
-    assert (
-        initramfs.rebuild_reason(fake_root, KdumpConfig(), m) == "No kdump initial ramdisk found."
-    )
+    m = inputs_of(fake_root, KdumpConfig(), plan, kernel)
+    image = manifest.image_path(fake_root, KVER)
+    assert manifest.rebuild_reason(fake_root, KdumpConfig(), m) == "No kdump initial ramdisk found."
     # force_no_rebuild cannot help without an image
     no = conf("force_no_rebuild 1\n")
-    assert initramfs.rebuild_reason(fake_root, no, m) == "No kdump initial ramdisk found."
+    assert manifest.rebuild_reason(fake_root, no, m) == "No kdump initial ramdisk found."
     record_image(fake_root, m)
     assert (
-        initramfs.rebuild_reason(fake_root, conf("force_rebuild 1\n"), m)
-        == f"Force rebuild {image}"
+        manifest.rebuild_reason(fake_root, conf("force_rebuild 1\n"), m) == f"Force rebuild {image}"
     )
     changed = Manifest(KVER, {**m.inputs, "kdump.conf": "0" * 64})
-    assert initramfs.rebuild_reason(fake_root, no, changed) is None
-    initramfs.manifest_path(fake_root, KVER).unlink()
-    assert "No record of the inputs" in str(initramfs.rebuild_reason(fake_root, KdumpConfig(), m))
+    assert manifest.rebuild_reason(fake_root, no, changed) is None
+    manifest.manifest_path(fake_root, KVER).unlink()
+    assert "No record of the inputs" in str(manifest.rebuild_reason(fake_root, KdumpConfig(), m))
 
 
 def test_missing_collector_names_the_directive(fake_root: Paths) -> None:
@@ -429,7 +431,7 @@ def test_missing_collector_names_the_directive(fake_root: Paths) -> None:
     config = conf("path /var/crash\ncore_collector cp --sparse=always\n")
     os.remove(fake_root.under_root("/usr/bin/makedumpfile"))
     with pytest.raises(Exception, match=r"/etc/kdump.conf:2: core_collector program cp not found"):
-        manifest(fake_root, config, make_plan(core_collector=("cp", "--sparse=always")), kernel)
+        inputs_of(fake_root, config, make_plan(core_collector=("cp", "--sparse=always")), kernel)
 
 
 # -- build with stubbed programs -------------------------------------------------------
@@ -440,7 +442,7 @@ def test_build_renames_image_into_place_and_writes_manifest(
 ) -> None:
     kernel = system(fake_root)
     plan, config = make_plan(), KdumpConfig()
-    m = manifest(fake_root, config, plan, kernel)
+    m = inputs_of(fake_root, config, plan, kernel)
     seen: dict[str, object] = {}
 
     def dracut(argv: Sequence[str]) -> proc.Completed:
@@ -454,15 +456,15 @@ def test_build_renames_image_into_place_and_writes_manifest(
     programs.expect("python3", stdout="/usr/lib/python3.11/os.py\n/usr/lib/python3.11/x.so\n")
     programs.expect_call("dracut", dracut)
     lines: list[str] = []
-    result = initramfs.build(
+    result = build.build(
         fake_root, config, plan, kernel_release=KVER, manifest=m, on_line=lines.append
     )
     assert result.image.read_bytes() == b"new image"
-    assert Manifest.from_json(initramfs.manifest_path(fake_root, KVER).read_text()) == m
+    assert Manifest.from_json(manifest.manifest_path(fake_root, KVER).read_text()) == m
     assert lines == ["dracut: *** Creating image ***"]
     assert seen["plan"] == plan.to_json()
     assert "/usr/lib/python3.11/os.py" in str(seen["setup"])
-    assert {"plan.py", "proc.py", "errors.py", "__init__.py"} <= set(seen["agent"])  # type: ignore[arg-type]
+    assert {"contract", "proc.py", "errors.py", "__init__.py"} <= set(seen["agent"])  # type: ignore[arg-type]
     # nothing left behind but the image and its manifest
     assert sorted(p.name for p in fake_root.state_dir.iterdir()) == [
         f"initramfs-{KVER}kdump.img",
@@ -473,21 +475,21 @@ def test_build_renames_image_into_place_and_writes_manifest(
 def test_failed_build_keeps_the_old_image(fake_root: Paths, programs: ProgramStub) -> None:
     kernel = system(fake_root)
     plan, config = make_plan(), KdumpConfig()
-    old = manifest(fake_root, config, plan, kernel)
+    old = inputs_of(fake_root, config, plan, kernel)
     record_image(fake_root, old)
     programs.expect("python3", stdout="")
     programs.expect("dracut", stdout="dracut: kdumpd: agent cannot start", returncode=1)
     new = Manifest(KVER, {"kdump.conf": "changed"})
-    with pytest.raises(initramfs.BuildError) as caught:
-        initramfs.build(fake_root, config, plan, kernel_release=KVER, manifest=new)
+    with pytest.raises(BuildError) as caught:
+        build.build(fake_root, config, plan, kernel_release=KVER, manifest=new)
     assert "previous image (if any) is kept" in str(caught.value)
-    assert initramfs.image_path(fake_root, KVER).read_text() == "image"
-    assert Manifest.from_json(initramfs.manifest_path(fake_root, KVER).read_text()) == old
+    assert manifest.image_path(fake_root, KVER).read_text() == "image"
+    assert Manifest.from_json(manifest.manifest_path(fake_root, KVER).read_text()) == old
     assert len(list(fake_root.state_dir.iterdir())) == 2
 
 
 def test_python_files_type_is_plain() -> None:
-    assert PythonFiles((), ()) == initramfs.parse_python_files("")
+    assert PythonFiles((), ()) == agent.parse_python_files("")
 
 
 # -- real dracut on this host (no kernel modules here: --no-kernel) ---------------------
@@ -510,9 +512,10 @@ def dracut_overlay(tmp_path: Path) -> Path:
 def agent_package(tmp_path: Path, capture_init: str) -> Path:
     package = tmp_path / "pkg"
     package.mkdir()
-    source = Path(initramfs.__file__).parent
-    for name in initramfs.AGENT_MODULES:
-        shutil.copyfile(source / name, package / name)
+    for name, source in agent.agent_sources().items():
+        target = package / name.removeprefix("kdumpd/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
     write(package / "capture" / "__init__.py", capture_init)
     write(package / "capture" / "__main__.py", "def main():\n    import shutil\n\nmain()\n")
     return package
@@ -531,9 +534,11 @@ def test_real_dracut_builds_and_the_agent_starts_in_the_image(
     monkeypatch.setenv("dracutbasedir", str(dracut_overlay(tmp_path)))
     paths = Paths(root=Path("/"))
     monkeypatch.setattr(Paths, "state_dir", property(lambda self: tmp_path / "state"))
-    package = agent_package(tmp_path, "import json\nfrom kdumpd import plan, proc, errors\n")
+    package = agent_package(
+        tmp_path, "import json\nfrom kdumpd import errors, proc\nfrom kdumpd.contract import plan\n"
+    )
     lines: list[str] = []
-    result = initramfs.build(
+    result = build.build(
         paths,
         KdumpConfig(),
         make_plan(),
@@ -571,8 +576,8 @@ def test_real_dracut_fails_when_the_agent_cannot_start(
     monkeypatch.setattr(Paths, "state_dir", property(lambda self: tmp_path / "state"))
     # an import the lister cannot satisfy either: the image lacks it, the self check fails
     package = agent_package(tmp_path, "import kdumpd_no_such_module\n")
-    with pytest.raises(initramfs.BuildError) as caught:
-        initramfs.build(
+    with pytest.raises(BuildError) as caught:
+        build.build(
             Paths(root=Path("/")),
             KdumpConfig(),
             make_plan(),
@@ -603,7 +608,7 @@ def test_root_mode_starter_keeps_hostile_values_as_data(tmp_path: Path) -> None:
         root_options="rw,`id`",
         python_real="/usr/bin/python3.11",
     )
-    initramfs.render_module(context, template_dir=TEMPLATES, out_dir=out)
+    render.render_module(context, template_dir=TEMPLATES, out_dir=out)
     starter = out / "kdumpd-agent.sh"
     subprocess.run([bash, "-n", str(starter), str(out / "kdumpd-setup.sh")], check=True)
     # Run the starter with the device missing: it must give up naming the device.

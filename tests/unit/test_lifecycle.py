@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from kdumpd import bootloader, cli, initramfs, lifecycle, manager
+from kdumpd import bootloader, cli, lifecycle, manager
+from kdumpd.image import manifest
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
 from tests.conftest import ProgramStub, write
@@ -41,17 +42,13 @@ def enable(paths: Paths) -> None:
 
 def reset(paths: Paths, **options: Any) -> tuple[lifecycle.ResetResult, RecordedMessages]:
     messages = RecordedMessages()
-    result = lifecycle.reset_crashkernel(
-        paths, messages, arch="x86_64", running_release=X86.release, **options
-    )
+    result = lifecycle.reset_crashkernel(paths, messages, machine=X86, **options)
     return result, messages
 
 
 def auto(paths: Paths, kernel_release: str | None = None) -> tuple[list[Any], RecordedMessages]:
     messages = RecordedMessages()
-    done = lifecycle.auto_reset(
-        paths, messages, arch="x86_64", running_release=X86.release, kernel_release=kernel_release
-    )
+    done = lifecycle.auto_reset(paths, messages, machine=X86, kernel_release=kernel_release)
     return done, messages
 
 
@@ -121,18 +118,14 @@ def test_reset_fadump_on_power_sets_both_parameters(fake_root: Paths) -> None:
     write(fake_root.proc_iomem, "00000000-1ffffffff : System RAM\n")  # 8 GiB
     [entry] = bls_tree(fake_root, PPC.release)
     messages = RecordedMessages()
-    lifecycle.reset_crashkernel(
-        fake_root, messages, arch="ppc64le", running_release=PPC.release, fadump="on"
-    )
+    lifecycle.reset_crashkernel(fake_root, messages, machine=PPC, fadump="on")
     options = next(line for line in entry.read_text().splitlines() if line.startswith("options"))
     assert "fadump=on" in options.split()
     assert "rhgb" in options.split()
     value = bootloader.param_value(options.split(), "crashkernel")
     assert value is not None and value != DEFAULT
     messages = RecordedMessages()
-    lifecycle.reset_crashkernel(
-        fake_root, messages, arch="ppc64le", running_release=PPC.release, fadump="off"
-    )
+    lifecycle.reset_crashkernel(fake_root, messages, machine=PPC, fadump="off")
     assert "fadump=" not in entry.read_text()
 
 
@@ -234,12 +227,12 @@ def test_installed_kernel_gets_only_its_own_entries(machine: Paths) -> None:
 
 
 def test_removed_kernel_loses_its_image_and_manifest(fake_root: Paths) -> None:
-    image = write(initramfs.image_path(fake_root, "6.1.0-30-amd64"), "img")
-    manifest = write(initramfs.manifest_path(fake_root, "6.1.0-30-amd64"), "{}")
-    kept = write(initramfs.image_path(fake_root, "6.1.0-28-amd64"), "img")
+    image = write(manifest.image_path(fake_root, "6.1.0-30-amd64"), "img")
+    inputs = write(manifest.manifest_path(fake_root, "6.1.0-30-amd64"), "{}")
+    kept = write(manifest.image_path(fake_root, "6.1.0-28-amd64"), "img")
     messages = RecordedMessages()
-    assert lifecycle.kernel_removed(fake_root, messages, "6.1.0-30-amd64") == [image, manifest]
-    assert not image.exists() and not manifest.exists() and kept.exists()
+    assert lifecycle.kernel_removed(fake_root, messages, "6.1.0-30-amd64") == [image, inputs]
+    assert not image.exists() and not inputs.exists() and kept.exists()
     assert lifecycle.kernel_removed(fake_root, messages, "6.1.0-30-amd64") == []
 
 
@@ -249,9 +242,7 @@ def test_added_kernel_is_built_for_that_release(
     built: list[dict[str, Any]] = []
     monkeypatch.setattr(manager, "prepare", lambda paths, messages, **kw: built.append(kw))
     messages = RecordedMessages()
-    lifecycle.kernel_added(
-        machine, messages, "6.1.0-30-amd64", arch="x86_64", running_release=X86.release
-    )
+    lifecycle.kernel_added(machine, messages, "6.1.0-30-amd64", machine=X86)
     assert built == [{"image": "auto", "kernel_release": "6.1.0-30-amd64"}]
 
 
@@ -261,9 +252,7 @@ def test_added_kernel_is_not_built_when_kdumpd_is_disabled(
     write(fake_root.kdump_conf, "")
     monkeypatch.setattr(manager, "prepare", lambda *a, **kw: pytest.fail("built"))
     messages = RecordedMessages()
-    lifecycle.kernel_added(
-        fake_root, messages, "6.1.0-30-amd64", arch="x86_64", running_release=X86.release
-    )
+    lifecycle.kernel_added(fake_root, messages, "6.1.0-30-amd64", machine=X86)
     assert "not enabled" in texts(messages)[0]
 
 
@@ -308,7 +297,7 @@ def test_test_asks_and_cancels(armed: Paths) -> None:
     assert lifecycle.run_test(armed, messages, force=False, confirm=confirm) is None
     assert asked and asked[0].startswith("DANGER!!!")
     assert texts(messages) == ["Operation cancelled."]
-    assert not armed.sysrq_trigger.exists()
+    assert not armed.under_root("/proc/sysrq-trigger").exists()
     assert not lifecycle.test_status_path(armed).exists()
 
 
@@ -331,7 +320,7 @@ def test_test_records_the_id_reloads_with_it_and_crashes(
     status = lifecycle.test_status_path(armed).read_text().splitlines()
     assert status[0] == "pending kdump_test_id=1700000000-000000042"
     assert json.loads(status[1])["boot_id"] == BOOT_ID
-    assert armed.sysrq_trigger.read_text() == "c\n"
+    assert armed.under_root("/proc/sysrq-trigger").read_text() == "c\n"
     # Not yet rebooted: still pending.
     assert lifecycle.last_test(armed, None).state == "pending"
 

@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from kdumpd import cli, initramfs, manager, proc
+from kdumpd import cli, manager, proc
 from kdumpd.errors import ConfigError, ExitCode
+from kdumpd.image.build import BuildResult
+from kdumpd.image.manifest import Manifest, image_path, manifest_path
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
 from tests.conftest import ProgramStub, write
@@ -33,7 +35,7 @@ PROC_CMDLINE = (
 
 @dataclass
 class FakeDracut:
-    """Stands in for initramfs.build (dracut): writes the image and its manifest, records it."""
+    """Stands in for kdumpd.image.build.build (dracut): writes image and manifest, records it."""
 
     builds: list[str] = field(default_factory=list)
 
@@ -44,13 +46,13 @@ class FakeDracut:
         plan: Any,
         *,
         kernel_release: str,
-        manifest: initramfs.Manifest,
+        manifest: Manifest,
         **kwargs: Any,
-    ) -> initramfs.BuildResult:
+    ) -> BuildResult:
         self.builds.append(kernel_release)
-        image = write(initramfs.image_path(paths, kernel_release), "image")
-        write(initramfs.manifest_path(paths, kernel_release), manifest.to_json())
-        return initramfs.BuildResult(image=image, manifest=manifest)
+        image = write(image_path(paths, kernel_release), "image")
+        write(manifest_path(paths, kernel_release), manifest.to_json())
+        return BuildResult(image=image, manifest=manifest)
 
 
 @pytest.fixture
@@ -74,12 +76,12 @@ def system(fake_root: Paths, programs: ProgramStub, monkeypatch: pytest.MonkeyPa
 @pytest.fixture
 def dracut(system: Paths, monkeypatch: pytest.MonkeyPatch) -> FakeDracut:
     fake = FakeDracut()
-    monkeypatch.setattr(manager.initramfs, "build", fake.build)
+    monkeypatch.setattr(manager.build, "build", fake.build)
     return fake
 
 
 def image_of(paths: Paths) -> Path:
-    return initramfs.image_path(paths, KVER)
+    return image_path(paths, KVER)
 
 
 def set_loaded(paths: Paths, loaded: bool) -> None:
@@ -320,11 +322,11 @@ def test_restart_prepares_first_then_unloads_and_loads(
     write(system.kdump_conf, "path /var/crash\ncore_collector makedumpfile -c -d 31\n")
     order: list[str] = []
 
-    def build(*args: Any, **kwargs: Any) -> initramfs.BuildResult:
+    def build(*args: Any, **kwargs: Any) -> BuildResult:
         order.append("build")
         return dracut.build(*args, **kwargs)
 
-    monkeypatch.setattr(manager.initramfs, "build", build)
+    monkeypatch.setattr(manager.build, "build", build)
 
     def kexec_answer(argv: Sequence[str]) -> proc.Completed:
         order.append("unload" if "-u" in argv else "load")

@@ -7,10 +7,12 @@ from typing import Any
 import pytest
 
 from kdumpd import manager
+from kdumpd.contract import ssh as wire
+from kdumpd.contract.plan import NetworkSpec, SshSpec
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
-from kdumpd.plan import NetworkSpec, SshSpec
-from kdumpd.targets import raw, ssh
+from kdumpd.postcrash import raw_import
+from kdumpd.targets import ssh
 from tests.conftest import ProgramStub, write
 
 # The fixtures of the manager tests: a bootable fake host and a dracut stand-in.
@@ -37,9 +39,9 @@ def test_start_refuses_to_arm_over_a_dump_it_cannot_import(
 
     def failing_import(paths: Paths, device: str, **options: Any) -> None:
         seen.append((device, options["crash_dir"]))
-        raise raw.RawImportError("not enough space in /var/crash for the dump on /dev/vdb")
+        raise raw_import.RawImportError("not enough space in /var/crash for the dump on /dev/vdb")
 
-    monkeypatch.setattr(raw, "import_raw_dump", failing_import)
+    monkeypatch.setattr(raw_import, "import_raw_dump", failing_import)
     kexec_kernel_tracking(system, programs, 0)
     messages = RecordedMessages()
     with pytest.raises(manager.ArmingFailed):
@@ -70,10 +72,10 @@ def test_start_stops_when_the_ssh_preflight_fails(
         raise ssh.SshTargetError(
             'Could not create root@192.0.2.7:/var/crash, you probably need to run "kdumpctl '
             'propagate".',
-            ssh.SshFailure.AUTHENTICATION,
+            wire.SshFailure.AUTHENTICATION,
         )
 
-    monkeypatch.setattr(ssh, "preflight", refuse)
+    monkeypatch.setattr(ssh, "run_preflight", refuse)
     messages = RecordedMessages()
     with pytest.raises(manager.ArmingFailed) as caught:
         manager.start(system, messages)

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from kdumpd.config.kdumpconf import KdumpConfig, parse_kdump_conf
+from kdumpd.contract.plan import CapturePlan
 from kdumpd.errors import ConfigError
 from kdumpd.paths import Paths
-from kdumpd.plan import CapturePlan, compile_full, compile_plan
+from kdumpd.planner import compile_full, compile_plan
 from tests.conftest import ProgramStub, write
 
 KVER = "6.1.0-28-amd64"
@@ -51,7 +52,7 @@ def executable(path: Path, mode: int = 0o755) -> None:
 
 def test_default_path_on_root_fs(fake_root: Paths) -> None:
     host(fake_root)
-    plan = compile_plan(conf("path /var/crash\n"), None, fake_root, kernel_release=KVER)
+    plan = compile_plan(conf("path /var/crash\n"), fake_root, kernel_release=KVER)
     mount = plan.target.mount
     assert mount is not None
     assert (mount.device, mount.mountpoint, mount.fstype) == (
@@ -69,7 +70,7 @@ def test_default_path_on_root_fs(fake_root: Paths) -> None:
 
 def test_default_path_on_separate_var(fake_root: Paths) -> None:
     host(fake_root, "30 25 254:2 / /var ro,nofail - xfs /dev/vda2 rw,inode64")
-    plan = compile_plan(KdumpConfig(), None, fake_root, kernel_release=KVER)
+    plan = compile_plan(KdumpConfig(), fake_root, kernel_release=KVER)
     mount = plan.target.mount
     assert mount is not None
     assert mount.mountpoint == "/kdumproot/var"
@@ -84,7 +85,7 @@ def test_default_path_through_bind_mount(fake_root: Paths) -> None:
         "30 25 254:2 / /srv rw - ext4 /dev/vda2 rw",
         "31 25 254:2 /dumps/kdump /var/crash rw - ext4 /dev/vda2 rw",
     )
-    plan = compile_plan(KdumpConfig(), None, fake_root, kernel_release=KVER)
+    plan = compile_plan(KdumpConfig(), fake_root, kernel_release=KVER)
     assert plan.target.mount is not None
     assert plan.target.mount.mountpoint == "/kdumproot/srv"
     assert plan.target.path == "/dumps/kdump"
@@ -94,7 +95,7 @@ def test_explicit_uuid_target_mounted(fake_root: Paths) -> None:
     host(fake_root, "40 25 254:17 / /dumps rw,noauto - ext4 /dev/vdb1 rw")
     fake_root.under_root("/dumps/crash").mkdir(parents=True)
     plan = compile_plan(
-        conf(f"ext4 UUID={DUMP_UUID}\npath /crash\n"), None, fake_root, kernel_release=KVER
+        conf(f"ext4 UUID={DUMP_UUID}\npath /crash\n"), fake_root, kernel_release=KVER
     )
     mount = plan.target.mount
     assert mount is not None
@@ -107,7 +108,7 @@ def test_explicit_uuid_target_mounted(fake_root: Paths) -> None:
 def test_explicit_uuid_target_not_mounted(fake_root: Paths, programs: ProgramStub) -> None:
     host(fake_root)
     programs.expect("blkid", stdout="ext4\n")
-    plan = compile_plan(conf(f"ext4 UUID={DUMP_UUID}\n"), None, fake_root, kernel_release=KVER)
+    plan = compile_plan(conf(f"ext4 UUID={DUMP_UUID}\n"), fake_root, kernel_release=KVER)
     mount = plan.target.mount
     assert mount is not None
     assert (mount.mountpoint, mount.options) == ("/kdumproot", "defaults")
@@ -118,7 +119,7 @@ def test_wrong_fstype_names_file_and_line(fake_root: Paths) -> None:
     host(fake_root, "40 25 254:17 / /dumps rw - ext4 /dev/vdb1 rw")
     config = conf(f"# dump disk\npath /\nxfs UUID={DUMP_UUID}\n")
     with pytest.raises(ConfigError) as caught:
-        compile_plan(config, None, fake_root, kernel_release=KVER)
+        compile_plan(config, fake_root, kernel_release=KVER)
     assert str(caught.value) == (
         f'/etc/kdump.conf:3: "UUID={DUMP_UUID}" have a wrong type config "xfs", expected "ext4"'
     )
@@ -127,7 +128,7 @@ def test_wrong_fstype_names_file_and_line(fake_root: Paths) -> None:
 def test_missing_dump_path_in_target(fake_root: Paths) -> None:
     host(fake_root, "40 25 254:17 / /dumps rw - ext4 /dev/vdb1 rw")
     with pytest.raises(ConfigError) as caught:
-        compile_plan(conf("ext4 /dev/vdb1\npath /nope\n"), None, fake_root, kernel_release=KVER)
+        compile_plan(conf("ext4 /dev/vdb1\npath /nope\n"), fake_root, kernel_release=KVER)
     assert "/etc/kdump.conf:1:" in str(caught.value)
     assert 'Dump path "/nope" does not exist in dump target "/dev/vdb1"' in str(caught.value)
 
@@ -142,7 +143,6 @@ def test_hooks_in_lexical_order_and_non_executables_warned(fake_root: Paths) -> 
     executable(fake_root.hooks_dir / "emergency.d" / "x")
     compiled = compile_full(
         conf("kdump_pre /usr/local/bin/pre\nkdump_post /usr/local/bin/post\n"),
-        None,
         fake_root,
         kernel_release=KVER,
     )
@@ -157,9 +157,7 @@ def test_hooks_in_lexical_order_and_non_executables_warned(fake_root: Paths) -> 
 
 def test_dump_to_rootfs_fills_rootfs(fake_root: Paths) -> None:
     host(fake_root, "30 25 254:2 / /var rw - xfs /dev/vda2 rw")
-    compiled = compile_full(
-        conf("failure_action dump_to_rootfs\n"), None, fake_root, kernel_release=KVER
-    )
+    compiled = compile_full(conf("failure_action dump_to_rootfs\n"), fake_root, kernel_release=KVER)
     plan = compiled.plan
     assert plan.rootfs is not None
     assert plan.rootfs.mountpoint == "/sysroot"
@@ -171,12 +169,12 @@ def test_dump_to_rootfs_fills_rootfs(fake_root: Paths) -> None:
 
 def test_rootfs_absent_without_dump_to_rootfs(fake_root: Paths) -> None:
     host(fake_root)
-    assert compile_plan(KdumpConfig(), None, fake_root, kernel_release=KVER).rootfs is None
+    assert compile_plan(KdumpConfig(), fake_root, kernel_release=KVER).rootfs is None
 
 
 def test_unsupported_target_kind_names_line(fake_root: Paths) -> None:
     host(fake_root)
     config = conf("path /x\nnfs server:/export\n")
     with pytest.raises(ConfigError) as caught:
-        compile_plan(config, None, fake_root, kernel_release=KVER)
+        compile_plan(config, fake_root, kernel_release=KVER)
     assert str(caught.value).startswith("/etc/kdump.conf:2: nfs dump targets are not supported")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdumpd.report import triage
+from kdumpd.postcrash.report import triage
 
 SYSRQ_LOG = """\
 [  480.000000] systemd[1]: Started something.

@@ -12,19 +12,31 @@ from typing import Any
 import pytest
 
 from kdumpd import proc
-from kdumpd.capture import fs
 from kdumpd.capture.agent import CaptureContext, run_capture
+from kdumpd.capture.fs import FsDump
 from kdumpd.capture.log import CaptureLog
 from kdumpd.capture.raw import RawDump
 from kdumpd.capture.ssh import SshDump
 from kdumpd.config.kdumpconf import KdumpConfig, parse_kdump_conf
+from kdumpd.contract.plan import (
+    CapturePlan,
+    FsTarget,
+    MountSpec,
+    NetworkSpec,
+    RawTarget,
+    SshSpec,
+    SshTarget,
+    Target,
+)
 from kdumpd.errors import ConfigError
-from kdumpd.initramfs import NETWORK_FILE_IN_IMAGE, dracut_argv, stage_target_files
+from kdumpd.image.dracut import dracut_argv
+from kdumpd.image.needs import image_needs
 from kdumpd.paths import Paths
-from kdumpd.plan import CapturePlan, MountSpec, NetworkSpec, SshSpec, TargetSpec, compile_full
+from kdumpd.planner import compile_full
 from kdumpd.targets import network, raw
-from kdumpd.vmcore.synth import CoreSpec, generate_core
+from kdumpd.targets.ssh import NETWORK_FILE_IN_IMAGE
 from tests.conftest import ProgramStub, write
+from tests.support.synth import CoreSpec, generate_core
 
 KVER = "6.1.0-28-amd64"
 WHEN = datetime(2024, 6, 23, 21, 27, 26)
@@ -62,10 +74,9 @@ def test_ssh_plan_carries_destination_key_known_hosts_and_network(
     fake_root: Paths, programs: ProgramStub
 ) -> None:
     config = ssh_host(fake_root, programs)
-    compiled = compile_full(config, None, fake_root, kernel_release=KVER)
+    compiled = compile_full(config, fake_root, kernel_release=KVER)
     plan = compiled.plan
-    assert plan.target == TargetSpec(
-        kind="ssh",
+    assert plan.target == SshTarget(
         path="/srv/crash",
         ssh=SshSpec(
             user="root",
@@ -75,14 +86,14 @@ def test_ssh_plan_carries_destination_key_known_hosts_and_network(
             address="192.0.2.7",
             known_hosts_text=KNOWN,
         ),
-    )
-    assert plan.network == NetworkSpec(
-        interface="ens3",
-        mac="52:54:00:12:34:56",
-        driver="virtio_net",
-        dhcp="ipv4",
-        server="192.0.2.7",
-        wait_seconds=180,
+        network=NetworkSpec(
+            interface="ens3",
+            mac="52:54:00:12:34:56",
+            driver="virtio_net",
+            dhcp="ipv4",
+            server="192.0.2.7",
+            wait_seconds=180,
+        ),
     )
     assert "systemd-networkd" in compiled.dracut_modules
     assert CapturePlan.from_dict(json.loads(plan.to_json())) == plan
@@ -91,10 +102,11 @@ def test_ssh_plan_carries_destination_key_known_hosts_and_network(
 
 def test_ssh_plan_mirrors_a_static_address(fake_root: Paths, programs: ProgramStub) -> None:
     config = ssh_host(fake_root, programs, dynamic=False)
-    plan = compile_full(config, None, fake_root, kernel_release=KVER).plan
-    assert plan.network is not None
-    assert (plan.network.dhcp, plan.network.addresses) == ("no", ("10.0.2.15/24",))
-    unit = network.network_unit(plan.network)
+    plan = compile_full(config, fake_root, kernel_release=KVER).plan
+    assert isinstance(plan.target, SshTarget) and plan.target.network is not None
+    net = plan.target.network
+    assert (net.dhcp, net.addresses) == ("no", ("10.0.2.15/24",))
+    unit = network.network_unit(net)
     assert "MACAddress=52:54:00:12:34:56" in unit
     assert "Address=10.0.2.15/24" in unit
     assert "DHCP=" not in unit
@@ -104,7 +116,7 @@ def test_ssh_plan_needs_the_key(fake_root: Paths, programs: ProgramStub) -> None
     config = ssh_host(fake_root, programs)
     fake_root.under_root("/root/.ssh/kdump_id_rsa").unlink()
     with pytest.raises(ConfigError) as caught:
-        compile_full(config, None, fake_root, kernel_release=KVER)
+        compile_full(config, fake_root, kernel_release=KVER)
     assert "/etc/kdump.conf:1: the ssh key /root/.ssh/kdump_id_rsa does not exist" in str(
         caught.value
     )
@@ -116,29 +128,31 @@ def test_ssh_plan_refuses_a_server_on_this_machine(fake_root: Paths, programs: P
     programs.answers["ip"] = []
     programs.expect("ip", stdout=json.dumps([{"type": "local", "dst": "192.0.2.7", "dev": "lo"}]))
     with pytest.raises(network.NetworkError, match="is this machine"):
-        compile_full(config, None, fake_root, kernel_release=KVER)
+        compile_full(config, fake_root, kernel_release=KVER)
 
 
 def test_image_gets_key_known_hosts_network_and_only_that_nic(
     fake_root: Paths, programs: ProgramStub, tmp_path: Path
 ) -> None:
     config = ssh_host(fake_root, programs)
-    plan = compile_full(config, None, fake_root, kernel_release=KVER).plan
+    plan = compile_full(config, fake_root, kernel_release=KVER).plan
     build = tmp_path / "build"
     build.mkdir()
-    files = stage_target_files(fake_root, plan, build)
-    assert files == (
-        "ssh_identity", "/root/.ssh/kdump_id_rsa", "0600",
-        "ssh_known_hosts", "/etc/kdumpd/ssh/known_hosts", "0644",
-        "kdumpd.network", NETWORK_FILE_IN_IMAGE, "0644",
-    )  # fmt: skip
-    assert (build / "ssh_identity").read_text() == "PRIVATE\n"
-    assert (build / "ssh_identity").stat().st_mode & 0o077 == 0
-    assert (build / "ssh_known_hosts").read_text() == KNOWN
-    assert "DHCP=ipv4" in (build / "kdumpd.network").read_text()
-    argv = dracut_argv(plan, config, image=tmp_path / "img", kernel_release=KVER, build_dir=build)
+    needs = image_needs(fake_root, plan)
+    files = {f.name: (f.image_path, f.mode, f.content) for f in needs.files}
+    assert files == {
+        "ssh_identity": ("/root/.ssh/kdump_id_rsa", "0600", b"PRIVATE\n"),
+        "ssh_known_hosts": ("/etc/kdumpd/ssh/known_hosts", "0644", KNOWN.encode()),
+        "kdumpd.network": (NETWORK_FILE_IN_IMAGE, "0644", files["kdumpd.network"][2]),
+    }
+    assert b"DHCP=ipv4" in files["kdumpd.network"][2]
+    assert needs.programs == ("ssh", "ip")
+    argv = dracut_argv(
+        plan, config, needs=needs, image=tmp_path / "img", kernel_release=KVER, build_dir=build
+    )
     assert argv[argv.index("--hostonly-nics") + 1] == "ens3"
     assert "virtio_net" in argv[argv.index("--add-drivers") + 1].split()
+    assert "--drivers" not in argv  # the NIC's bus driver comes with the generic set
 
 
 def test_raw_plan_uses_the_persistent_name(
@@ -152,11 +166,16 @@ def test_raw_plan_uses_the_persistent_name(
     fake_root.under_root("/dev/disk/by-id").mkdir(parents=True)
     fake_root.under_root("/dev/disk/by-id/virtio-kdumpraw").symlink_to("../../vdb")
     config = parse_kdump_conf("raw /dev/vdb\ncore_collector makedumpfile -F -d 31\n").config
-    compiled = compile_full(config, None, fake_root, kernel_release=KVER)
+    compiled = compile_full(config, fake_root, kernel_release=KVER)
     assert checked == ["/dev/vdb"]
-    assert compiled.plan.target.raw_device == "/dev/disk/by-id/virtio-kdumpraw"
+    assert compiled.plan.target == RawTarget(device="/dev/disk/by-id/virtio-kdumpraw")
     argv = dracut_argv(
-        compiled.plan, config, image=Path("/i"), kernel_release=KVER, build_dir=Path("/b")
+        compiled.plan,
+        config,
+        needs=image_needs(fake_root, compiled.plan),
+        image=Path("/i"),
+        kernel_release=KVER,
+        build_dir=Path("/b"),
     )
     assert argv[argv.index("--add-device") + 1] == "/dev/disk/by-id/virtio-kdumpraw"
 
@@ -170,7 +189,7 @@ def test_raw_plan_refuses_what_the_check_refuses(
     monkeypatch.setattr(raw, "check_raw_device", lambda *a, **k: [problem])
     config = parse_kdump_conf("raw /dev/vdb\ncore_collector makedumpfile -F -d 31\n").config
     with pytest.raises(ConfigError, match="is mounted at /"):
-        compile_full(config, None, fake_root, kernel_release=KVER)
+        compile_full(config, fake_root, kernel_release=KVER)
 
 
 # -- capture side --------------------------------------------------------------
@@ -207,12 +226,12 @@ def done(argv: tuple[str, ...], code: int = 0, out: str = "", err: str = "") -> 
     return proc.Completed(argv, code, out, err)
 
 
-SSH_TARGET = TargetSpec(
-    kind="ssh",
+NET = NetworkSpec("ens3", "52:54:00:12:34:56", "virtio_net", "ipv4", "192.0.2.7")
+SSH_TARGET = SshTarget(
     path="/srv/crash",
     ssh=SshSpec("root", "192.0.2.7", "/root/.ssh/kdump_id_rsa", "/etc/kdumpd/ssh/known_hosts"),
+    network=NET,
 )
-NET = NetworkSpec("ens3", "52:54:00:12:34:56", "virtio_net", "ipv4", "192.0.2.7")
 
 
 def context(root: Paths, vmcore: Path, plan: CapturePlan, actions: list[str]) -> CaptureContext:
@@ -241,7 +260,7 @@ def test_ssh_capture_names_the_dir_by_source_address_and_streams_with_F(
         }
     )
     monkeypatch.setattr(proc, "runner", recorder)
-    plan = CapturePlan(KVER, SSH_TARGET, ("makedumpfile", "-l", "-d", "31"), network=NET)
+    plan = CapturePlan(KVER, SSH_TARGET, ("makedumpfile", "-l", "-d", "31"))
     actions: list[str] = []
     assert run_capture(context(fake_root, vmcore, plan, actions)) == 0
     assert actions == ["reboot"]
@@ -288,7 +307,6 @@ def test_ssh_capture_failure_goes_to_rootfs_and_says_why(
         KVER,
         SSH_TARGET,
         ("makedumpfile", "-l", "-d", "31"),
-        network=NET,
         failure_action="dump_to_rootfs",
         rootfs=MountSpec("/dev/disk/by-uuid/r", "/sysroot", "ext4"),
         rootfs_path="/var/crash",
@@ -300,10 +318,11 @@ def test_ssh_capture_failure_goes_to_rootfs_and_says_why(
     def sleep(seconds: float) -> None:
         clock[0] += seconds
 
-    def make_sink(target: TargetSpec) -> Any:
-        if target.kind == "ssh":
-            return SshDump(target, NET, ctx.log, sleep=sleep, clock=lambda: clock[0])
-        return fs.FsDump(fake_root, target, ctx.log)
+    def make_sink(target: Target) -> Any:
+        if isinstance(target, SshTarget):
+            return SshDump(target, ctx.log, sleep=sleep, clock=lambda: clock[0])
+        assert isinstance(target, FsTarget)
+        return FsDump(fake_root, target, ctx.log)
 
     ctx.make_sink = make_sink
     assert run_capture(ctx) == 1
@@ -334,9 +353,7 @@ def test_raw_capture_writes_the_stream_to_the_device_and_nothing_else(
 
     recorder = Recorder({"makedumpfile": makedumpfile})
     monkeypatch.setattr(proc, "runner", recorder)
-    plan = CapturePlan(
-        KVER, TargetSpec("raw", "/var/crash", raw_device=device), ("makedumpfile", "-d", "31")
-    )
+    plan = CapturePlan(KVER, RawTarget(device=device), ("makedumpfile", "-d", "31"))
     actions: list[str] = []
     ctx = context(fake_root, vmcore, plan, actions)
     assert isinstance(ctx.sink_for(plan.target), RawDump)

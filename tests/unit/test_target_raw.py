@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from kdumpd import flattened, proc
+from kdumpd import proc
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
+from kdumpd.postcrash import raw_import
 from kdumpd.targets import raw
+from kdumpd.vmcore import flattened
 from tests.conftest import ProgramStub, write
+from tests.support import flattened_writer
 
 WHEN = datetime(2024, 6, 23, 21, 27, 26)
 KDUMP_FILE = b"KDUMP   " + bytes(range(256)) * 40
@@ -28,7 +31,7 @@ MOUNTINFO = (
 def stream_bytes(content: bytes = KDUMP_FILE) -> bytes:
     out = io.BytesIO()
     # Written out of order, as makedumpfile does (headers after the data).
-    flattened.write_stream([(4096, content[4096:]), (0, content[:4096])], out)
+    flattened_writer.write_stream([(4096, content[4096:]), (0, content[:4096])], out)
     return out.getvalue()
 
 
@@ -49,7 +52,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
 
 
 def test_flattened_header_detection() -> None:
-    head = flattened.header_bytes()
+    head = flattened_writer.header_bytes()
     assert len(head) == 4096
     assert flattened.is_flattened(head[: flattened.PROBE_SIZE])
     assert not flattened.is_flattened(head[:20])
@@ -62,7 +65,7 @@ def test_flattened_header_detection() -> None:
 
 def test_reassemble_applies_records_in_order() -> None:
     out = io.BytesIO()
-    flattened.write_stream([(0, b"aaaa"), (8, b"bb"), (2, b"XY")], out)
+    flattened_writer.write_stream([(0, b"aaaa"), (8, b"bb"), (2, b"XY")], out)
     rebuilt = io.BytesIO()
     summary = flattened.reassemble(io.BytesIO(out.getvalue() + b"trailing junk"), rebuilt)
     assert rebuilt.getvalue() == b"aaXY\0\0\0\0bb"
@@ -214,21 +217,23 @@ def device_with_stream(paths: Paths, content: bytes = KDUMP_FILE) -> Path:
 
 def test_no_stream_no_import(fake_root: Paths) -> None:
     write(fake_root.under_root("/dev/kdump"), "\0" * 4096)
-    result = raw.import_raw_dump(fake_root, "/dev/kdump", messages=RecordedMessages(), now=WHEN)
+    result = raw_import.import_raw_dump(
+        fake_root, "/dev/kdump", messages=RecordedMessages(), now=WHEN
+    )
     assert result is None
     assert not fake_root.var_crash.exists()
 
 
 def test_import_saves_records_then_invalidates(fake_root: Paths, programs: ProgramStub) -> None:
     image = device_with_stream(fake_root)
-    print_ = raw.fingerprint(image)
+    print_ = raw_import.fingerprint(image)
     programs.expect_call("sh", fake_makedumpfile)
     programs.expect_call("makedumpfile", dmesg_ok)
     messages = RecordedMessages()
-    result = raw.import_raw_dump(fake_root, "/dev/kdump", messages=messages, now=WHEN)
+    result = raw_import.import_raw_dump(fake_root, "/dev/kdump", messages=messages, now=WHEN)
 
     directory = fake_root.var_crash / "127.0.0.1-2024-06-23-21:27:26"
-    assert result == raw.RawImport(
+    assert result == raw_import.RawImport(
         directory, directory / "vmcore", len(KDUMP_FILE), print_, directory / "vmcore-dmesg.txt"
     )
     assert (directory / "vmcore").read_bytes() == KDUMP_FILE
@@ -236,7 +241,7 @@ def test_import_saves_records_then_invalidates(fake_root: Paths, programs: Progr
     assert messages.entries == [("info", f"Dump saved to {directory / 'vmcore'}")]
     data = image.read_bytes()
     assert data[:512] == bytes(512) and data[512:1024] == stream_bytes()[512:1024]
-    record = raw.read_import_record(fake_root, print_)
+    record = raw_import.read_import_record(fake_root, print_)
     assert record == {
         "device": "/dev/kdump",
         "imported": "2024-06-23T21:27:26",
@@ -255,7 +260,7 @@ def test_dmesg_failure_only_warns(fake_root: Paths, programs: ProgramStub) -> No
     programs.expect_call("sh", fake_makedumpfile)
     programs.expect("makedumpfile", stderr="The kernel version is not supported.", returncode=1)
     messages = RecordedMessages()
-    result = raw.import_raw_dump(fake_root, "/dev/kdump", messages=messages, now=WHEN)
+    result = raw_import.import_raw_dump(fake_root, "/dev/kdump", messages=messages, now=WHEN)
     assert result is not None and result.dmesg is None
     assert not (result.directory / "vmcore-dmesg.txt").exists()
     assert messages.entries[0][0] == "warning"
@@ -264,13 +269,13 @@ def test_dmesg_failure_only_warns(fake_root: Paths, programs: ProgramStub) -> No
 
 def test_an_already_imported_stream_is_only_erased(fake_root: Paths, programs: ProgramStub) -> None:
     image = device_with_stream(fake_root)
-    print_ = raw.fingerprint(image)
+    print_ = raw_import.fingerprint(image)
     write(
         fake_root.state_dir / "raw-imports" / f"{print_}.json",
         '{"directory": "/var/crash/127.0.0.1-2024-01-01-00:00:00"}',
     )
     messages = RecordedMessages()
-    assert raw.import_raw_dump(fake_root, "/dev/kdump", messages=messages, now=WHEN) is None
+    assert raw_import.import_raw_dump(fake_root, "/dev/kdump", messages=messages, now=WHEN) is None
     assert messages.entries == [
         (
             "warning",
@@ -288,8 +293,8 @@ def test_reassembly_failure_keeps_the_device_and_no_directory(
     image = device_with_stream(fake_root)
     before = image.read_bytes()
     programs.expect("sh", stderr="write error: No space left on device", returncode=1)
-    with pytest.raises(raw.RawImportError) as caught:
-        raw.import_raw_dump(fake_root, "/dev/kdump", messages=RecordedMessages(), now=WHEN)
+    with pytest.raises(raw_import.RawImportError) as caught:
+        raw_import.import_raw_dump(fake_root, "/dev/kdump", messages=RecordedMessages(), now=WHEN)
     text = str(caught.value)
     assert text.startswith("saving the dump from /dev/kdump failed: sh: exited with status 1")
     assert "makedumpfile -R /var/crash/vmcore < /dev/kdump" in text
@@ -302,8 +307,8 @@ def test_a_result_that_is_no_dump_is_refused(fake_root: Paths, programs: Program
     image = device_with_stream(fake_root, content=b"not a dump" * 1000)
     before = image.read_bytes()
     programs.expect_call("sh", fake_makedumpfile)
-    with pytest.raises(raw.RawImportError, match="is not a kdump-compressed or ELF file"):
-        raw.import_raw_dump(fake_root, "/dev/kdump", messages=RecordedMessages(), now=WHEN)
+    with pytest.raises(raw_import.RawImportError, match="is not a kdump-compressed or ELF file"):
+        raw_import.import_raw_dump(fake_root, "/dev/kdump", messages=RecordedMessages(), now=WHEN)
     assert image.read_bytes() == before
     assert list(fake_root.var_crash.iterdir()) == []
 
@@ -312,5 +317,7 @@ def test_a_cut_stream_never_reaches_makedumpfile(fake_root: Paths) -> None:
     image = fake_root.under_root("/dev/kdump")
     image.parent.mkdir(parents=True)
     image.write_bytes(stream_bytes()[:6000])
-    with pytest.raises(raw.RawImportError, match="is incomplete: it breaks off after 0 records"):
-        raw.import_raw_dump(fake_root, "/dev/kdump", messages=RecordedMessages(), now=WHEN)
+    with pytest.raises(
+        raw_import.RawImportError, match="is incomplete: it breaks off after 0 records"
+    ):
+        raw_import.import_raw_dump(fake_root, "/dev/kdump", messages=RecordedMessages(), now=WHEN)

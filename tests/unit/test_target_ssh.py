@@ -10,6 +10,7 @@ import pytest
 from kdumpd import proc
 from kdumpd.config import parse_kdump_conf
 from kdumpd.config.kdumpconf import DumpTarget
+from kdumpd.contract import ssh as wire
 from kdumpd.errors import ConfigError
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
@@ -43,7 +44,7 @@ class Clock:
 
 def run_preflight(clock: Clock, *, wait: float = 180.0) -> RecordedMessages:
     messages = RecordedMessages()
-    ssh.preflight(
+    ssh.run_preflight(
         DEST,
         identity="/root/.ssh/kdump_id_rsa",
         known_hosts="/root/.ssh/known_hosts",
@@ -57,7 +58,7 @@ def run_preflight(clock: Clock, *, wait: float = 180.0) -> RecordedMessages:
 
 
 def test_base_argv_has_the_capture_kernel_options() -> None:
-    argv = ssh.ssh_base_argv(
+    argv = wire.ssh_base_argv(
         user="root",
         host="2001:db8::1",
         port=2222,
@@ -72,7 +73,9 @@ def test_base_argv_has_the_capture_kernel_options() -> None:
         "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=7",
         "-p", "2222", "root@2001:db8::1",
     ]  # fmt: skip
-    interactive = ssh.ssh_base_argv(user="u", host="h", identity="k", known_hosts="kh", batch=False)
+    interactive = wire.ssh_base_argv(
+        user="u", host="h", identity="k", known_hosts="kh", batch=False
+    )
     assert "BatchMode=yes" not in interactive
     assert interactive[-3:] == ["-p", "22", "u@h"]
 
@@ -90,40 +93,40 @@ def test_probe_command_quotes_the_path() -> None:
     ("code", "stderr", "failure"),
     [
         (0, "", None),
-        (None, "", ssh.SshFailure.NETWORK),
+        (None, "", wire.SshFailure.NETWORK),
         (
             1,
             "mkdir: cannot create directory '/var/crash': Permission denied",
-            ssh.SshFailure.PERMISSION,
+            wire.SshFailure.PERMISSION,
         ),
-        (255, "root@h: Permission denied (publickey).", ssh.SshFailure.AUTHENTICATION),
+        (255, "root@h: Permission denied (publickey).", wire.SshFailure.AUTHENTICATION),
         (
             255,
             "Warning: Identity file /k not accessible: No such file or directory.",
-            ssh.SshFailure.AUTHENTICATION,
+            wire.SshFailure.AUTHENTICATION,
         ),
         (
             255,
             "No ED25519 host key is known for h and you have requested strict checking.\n"
             "Host key verification failed.",
-            ssh.SshFailure.HOST_KEY,
+            wire.SshFailure.HOST_KEY,
         ),
         (
             255,
             "@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @",
-            ssh.SshFailure.HOST_KEY,
+            wire.SshFailure.HOST_KEY,
         ),
-        (255, "ssh: connect to host h port 22: Connection refused", ssh.SshFailure.NETWORK),
-        (255, "ssh: connect to host h port 22: No route to host", ssh.SshFailure.NETWORK),
+        (255, "ssh: connect to host h port 22: Connection refused", wire.SshFailure.NETWORK),
+        (255, "ssh: connect to host h port 22: No route to host", wire.SshFailure.NETWORK),
         (
             255,
             "ssh: Could not resolve hostname h: Name or service not known",
-            ssh.SshFailure.NETWORK,
+            wire.SshFailure.NETWORK,
         ),
     ],
 )
-def test_classify(code: int | None, stderr: str, failure: ssh.SshFailure | None) -> None:
-    assert ssh.classify(code, stderr) is failure
+def test_classify(code: int | None, stderr: str, failure: wire.SshFailure | None) -> None:
+    assert wire.classify(code, stderr) is failure
 
 
 def test_preflight_success_runs_the_probe_once(programs: ProgramStub) -> None:
@@ -155,7 +158,7 @@ def test_preflight_gives_up_on_the_network_at_the_bound(programs: ProgramStub) -
     clock = Clock()
     with pytest.raises(ssh.SshTargetError) as caught:
         run_preflight(clock, wait=5)
-    assert caught.value.failure is ssh.SshFailure.NETWORK
+    assert caught.value.failure is wire.SshFailure.NETWORK
     assert str(caught.value).startswith(
         "Could not create root@10.0.0.5:/var/crash, ipaddr is not ready yet. "
         "You should check network connection. Waited 5 s for 10.0.0.5 port 2222 "
@@ -171,7 +174,7 @@ def test_preflight_treats_a_timeout_as_network(programs: ProgramStub) -> None:
     programs.expect_call("ssh", hang)
     with pytest.raises(ssh.SshTargetError) as caught:
         run_preflight(Clock(), wait=2)
-    assert caught.value.failure is ssh.SshFailure.NETWORK
+    assert caught.value.failure is wire.SshFailure.NETWORK
 
 
 @pytest.mark.parametrize(
@@ -180,7 +183,7 @@ def test_preflight_treats_a_timeout_as_network(programs: ProgramStub) -> None:
         (
             1,
             "mkdir: cannot create directory '/var/crash': Read-only file system",
-            ssh.SshFailure.PERMISSION,
+            wire.SshFailure.PERMISSION,
             "Could not create root@10.0.0.5:/var/crash, you should check the privilege on "
             "server side. The server said: mkdir: cannot create directory '/var/crash': "
             "Read-only file system.",
@@ -188,14 +191,14 @@ def test_preflight_treats_a_timeout_as_network(programs: ProgramStub) -> None:
         (
             255,
             "root@10.0.0.5: Permission denied (publickey).",
-            ssh.SshFailure.AUTHENTICATION,
+            wire.SshFailure.AUTHENTICATION,
             'Could not create root@10.0.0.5:/var/crash, you probably need to run "kdumpctl '
             'propagate". The server refused the key /root/.ssh/kdump_id_rsa',
         ),
         (
             255,
             "Host key verification failed.",
-            ssh.SshFailure.HOST_KEY,
+            wire.SshFailure.HOST_KEY,
             'Could not create root@10.0.0.5:/var/crash, you probably need to run "kdumpctl '
             'propagate". The host key of [10.0.0.5]:2222 is unknown or changed in '
             "/root/.ssh/known_hosts",
@@ -203,7 +206,7 @@ def test_preflight_treats_a_timeout_as_network(programs: ProgramStub) -> None:
     ],
 )
 def test_preflight_stops_at_once_on_other_failures(
-    programs: ProgramStub, code: int, stderr: str, failure: ssh.SshFailure, sentence: str
+    programs: ProgramStub, code: int, stderr: str, failure: wire.SshFailure, sentence: str
 ) -> None:
     programs.expect("ssh", stderr=stderr, returncode=code)
     clock = Clock()
@@ -326,7 +329,7 @@ def test_known_hosts_entry_collects_matching_lines(fake_root: Paths, programs: P
 def test_known_hosts_entry_missing_says_what_to_do(fake_root: Paths) -> None:
     with pytest.raises(ssh.SshTargetError) as caught:
         ssh.known_hosts_entry(fake_root, DEST)
-    assert caught.value.failure is ssh.SshFailure.HOST_KEY
+    assert caught.value.failure is wire.SshFailure.HOST_KEY
     assert "Connect once with 'ssh -p 2222 root@10.0.0.5' and accept the key" in str(caught.value)
 
 

@@ -16,7 +16,7 @@ from kdumpd.vmcore.elf import (
     read_physical,
     vmcoreinfo_number,
 )
-from kdumpd.vmcore.synth import KERNEL_PADDR, PAGE_SIZE, CoreSpec, generate_core
+from tests.support.synth import KERNEL_PADDR, PAGE_SIZE, CoreSpec, generate_core
 
 
 def test_reader_finds_notes_vmcoreinfo_and_loads(tmp_path: Path) -> None:

@@ -39,11 +39,17 @@ _KERNEL_PACKAGE = re.compile(r"^linux-image-(6\.1\.0-(\d+)-amd64)$")
 
 
 def reboot(guest: Guest) -> str:
-    """A clean reboot (systemctl reboot); return the new boot id."""
+    """A clean reboot (systemctl reboot); return the new boot id once the boot is done."""
     if not guest.boot_id:
         guest.boot_id = guest.read_boot_id()
     guest.ssh("nohup sh -c 'sleep 1; systemctl reboot' </dev/null >/dev/null 2>&1 &")
-    return guest.wait_for_reboot(timeout=900)
+    return booted(guest, guest.wait_for_reboot(timeout=900))
+
+
+def booted(guest: Guest, boot_id: str) -> str:
+    """Wait until systemd has started every unit of this boot (sshd comes up earlier)."""
+    guest.ssh("systemctl is-system-running --wait", check=False, timeout=900)
+    return boot_id
 
 
 def armed_in(guest: Guest) -> dict[str, float]:
@@ -142,7 +148,7 @@ def test_install_to_armed_through_grub(make_guest: Callable[..., Guest], kdumpd_
         "nohup sh -c 'sleep 1; kdumpctl test --force' </dev/null >/root/test.log 2>&1 &",
         timeout=60,
     )
-    guest.wait_for_reboot(timeout=1500)
+    booted(guest, guest.wait_for_reboot(timeout=1500))
     status = guest.ssh("kdumpctl status", check=False)
     assert status.returncode == 0, status.stderr
     assert "Last successful vmcore creation test" in status.stderr, status.stderr

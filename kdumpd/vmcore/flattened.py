@@ -1,4 +1,4 @@
-"""The makedumpfile flattened format (``makedumpfile -F``): detect, walk, reassemble, write.
+"""The makedumpfile flattened format (``makedumpfile -F``): detect, walk, reassemble.
 
 Raw and ssh targets cannot seek, so the capture side writes the dump as a
 flattened stream: a 4 KiB header (``"makedumpfile"`` padded with NULs to 16
@@ -9,14 +9,13 @@ sixteen 0xff bytes. ``makedumpfile -R`` replays the records into a regular
 (kdump-compressed or ELF) file.
 
 This module is stdlib only. kdumpd uses it to notice a pending stream on a raw
-device by its header, and to check a stream without makedumpfile; tests use
-the writer to build streams of known content.
+device by its header, and to check a stream without makedumpfile; the tests
+write streams of known content with ``tests/support/flattened_writer.py``.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -53,13 +52,6 @@ class StreamSummary:
     stream_size: int
     #: The end marker was found: makedumpfile finished writing.
     complete: bool
-
-
-def header_bytes() -> bytes:
-    """The 4 KiB flat header that opens every stream."""
-    head = SIGNATURE.ljust(SIGNATURE_FIELD, b"\0")
-    head += struct.pack(">qq", TYPE_FLAT_HEADER, VERSION_FLAT_HEADER)
-    return head.ljust(HEADER_SIZE, b"\0")
 
 
 def is_flattened(data: bytes) -> bool:
@@ -131,12 +123,3 @@ def scan(source: BinaryIO, *, where: str = "stream") -> StreamSummary:
 def reassemble(source: BinaryIO, dest: BinaryIO, *, where: str = "stream") -> StreamSummary:
     """Replay a stream into ``dest`` (a seekable file), as ``makedumpfile -R`` does."""
     return _walk(source, dest, where)
-
-
-def write_stream(pieces: Iterable[tuple[int, bytes]], out: BinaryIO) -> None:
-    """Write a complete stream that rebuilds a file from (offset, data) pieces, in order."""
-    out.write(header_bytes())
-    for offset, data in pieces:
-        out.write(RECORD_HEADER.pack(offset, len(data)))
-        out.write(data)
-    out.write(END_MARKER)

@@ -1,5 +1,7 @@
 """Readings of the running system: reservation, loaded state, dump mode, Secure Boot, kernels.
 
+The size of a kernel image is read by :mod:`kdumpd.host.kernel_image`.
+
 Everything here reads files under a :class:`~kdumpd.paths.Paths` (so tests and
 ``kdumpctl --root`` point it at another tree) and starts programs only through
 :func:`kdumpd.proc.run`. Most functions are pure functions of file contents;
@@ -11,13 +13,11 @@ section of the reference spec they come from (§N).
 
 from __future__ import annotations
 
-import bz2
-import lzma
+import errno
 import os
 import re
-import struct
-import zlib
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -85,11 +85,32 @@ def kernel_release(
 # reservation and loaded state (§3.1, §3.2)
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace")
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+# The kernel answers EBUSY to reading /sys/kernel/kexec_crash_size while a kexec
+# load or unload holds kexec_mutex (crash_get_memory_size() uses kexec_trylock()):
+# a status asked during kdumpd.service's load waits for the load to end.
+BUSY_WAIT_SECONDS = 120.0
+BUSY_POLL_SECONDS = 0.2
+
+
+def _read_text(path: Path, *, sleep: Callable[[float], None] = time.sleep) -> str | None:
+    waited = 0.0
+    while True:
+        try:
+            return path.read_text(errors="replace")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or waited >= BUSY_WAIT_SECONDS:
+                raise KdumpError(
+                    f"cannot read {path}: {exc.strerror}"
+                    + (
+                        " (a kexec load or unload is running; try again)"
+                        if exc.errno == errno.EBUSY
+                        else ""
+                    )
+                ) from exc
+            sleep(BUSY_POLL_SECONDS)
+            waited += BUSY_POLL_SECONDS
 
 
 def _read_int(path: Path) -> int | None:
@@ -240,21 +261,24 @@ def parse_iomem(text: str) -> list[IomemRange]:
     return ranges
 
 
-def system_memory_bytes(paths: Paths) -> int:
-    """Sum of top-level ``System RAM`` ranges of /proc/iomem; 0 when unreadable."""
-    text = _read_text(paths.proc_iomem) or ""
-    return sum(r.size for r in parse_iomem(text) if r.depth == 0 and r.name == "System RAM")
+def system_ram_bytes(iomem_text: str) -> int:
+    """Sum of the top-level ``System RAM`` ranges of a /proc/iomem text.
+
+    Nested (indented) lines are parts of a top-level resource and are not counted.
+    """
+    ranges = parse_iomem(iomem_text)
+    return sum(r.size for r in ranges if r.depth == 0 and r.name == "System RAM")
 
 
-def meminfo_total_kib(paths: Paths) -> int:
-    """``MemTotal`` of /proc/meminfo in KiB; 0 when unreadable."""
+def meminfo_total_kib(paths: Paths) -> int | None:
+    """``MemTotal`` of /proc/meminfo in KiB; None when unreadable."""
     for line in (_read_text(paths.proc_meminfo) or "").splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "MemTotal":
             fields = value.split()
             if fields and fields[0].isdigit():
                 return int(fields[0])
-    return 0
+    return None
 
 
 def iomem_kernel_bytes(paths: Paths) -> int:
@@ -370,277 +394,3 @@ def find_kernel(paths: Paths, sysconfig: SysConfig, kver: str) -> Path:
         f"Failed to detect kdump kernel location for {kver}: tried {', '.join(tried)}. "
         f"Install the kernel image or set {where}."
     )
-
-
-# ---------------------------------------------------------------------------
-# kernel image size (§4.3 step 4)
-
-PT_LOAD = 1
-ELF_MAGIC = b"\x7fELF"
-
-# Compressed payload magics of a bzImage / zboot image, as the kernel's
-# scripts/extract-vmlinux scans for them. Only the stdlib-decodable ones are
-# tried; the others are named so the estimate can say why it fell back.
-_DECODABLE_MAGICS: tuple[tuple[str, bytes], ...] = (
-    ("gzip", b"\x1f\x8b\x08"),
-    ("xz", b"\xfd7zXZ\x00"),
-    ("bzip2", b"BZh"),
-    ("lzma", b"\x5d\x00\x00\x00"),
-)
-UNSUPPORTED_FORMATS: tuple[tuple[str, bytes], ...] = (
-    ("zstd", b"\x28\xb5\x2f\xfd"),
-    ("lz4", b"\x02\x21\x4c\x18"),
-    ("lzo", b"\x89LZO"),
-)
-# Enough decompressed bytes to hold the ELF and program headers of any kernel.
-_HEADER_BYTES = 256 * 1024
-# Cap on attempts per format: magics are short and recur by chance in code.
-_MAX_TRIES_PER_FORMAT = 64
-
-
-def elf_load_memsz(data: bytes) -> int | None:
-    """Sum of ``p_memsz`` over PT_LOAD program headers of an ELF image; None if not ELF.
-
-    Only the header part of ``data`` is needed.
-    """
-    if len(data) < 52 or not data.startswith(ELF_MAGIC):
-        return None
-    elf_class, encoding = data[4], data[5]
-    if elf_class not in (1, 2) or encoding not in (1, 2):
-        return None
-    order = "<" if encoding == 1 else ">"
-    try:
-        if elf_class == 2:
-            (phoff,) = struct.unpack_from(order + "Q", data, 32)
-            phentsize, phnum = struct.unpack_from(order + "HH", data, 54)
-        else:
-            (phoff,) = struct.unpack_from(order + "I", data, 28)
-            phentsize, phnum = struct.unpack_from(order + "HH", data, 42)
-        total = 0
-        for index in range(phnum):
-            base = phoff + index * phentsize
-            (p_type,) = struct.unpack_from(order + "I", data, base)
-            if p_type != PT_LOAD:
-                continue
-            if elf_class == 2:
-                (p_memsz,) = struct.unpack_from(order + "Q", data, base + 40)
-            else:
-                (p_memsz,) = struct.unpack_from(order + "I", data, base + 20)
-            total += p_memsz
-    except struct.error:
-        return None
-    return total
-
-
-def _offsets(data: bytes, magic: bytes) -> Iterator[int]:
-    start = 0
-    for _ in range(_MAX_TRIES_PER_FORMAT):
-        found = data.find(magic, start)
-        if found < 0:
-            return
-        yield found
-        start = found + 1
-
-
-def _decompress_head(fmt: str, payload: bytes) -> bytes:
-    """The first _HEADER_BYTES of a compressed stream; raises on corrupt data."""
-    if fmt == "gzip":
-        return zlib.decompressobj(wbits=31).decompress(payload, _HEADER_BYTES)
-    if fmt == "xz":
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload, _HEADER_BYTES)
-    if fmt == "lzma":
-        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(payload, _HEADER_BYTES)
-    if fmt == "bzip2":
-        return bz2.BZ2Decompressor().decompress(payload, _HEADER_BYTES)
-    raise ValueError(f"unknown format {fmt}")
-
-
-@dataclass(frozen=True)
-class KernelSize:
-    """Kernel image memory footprint and how it was obtained."""
-
-    bytes: int
-    source: str  # "elf", "gzip", "xz", "bzip2", "lzma" or "iomem"
-    note: str | None = None
-
-
-def image_load_size(data: bytes) -> tuple[int | None, str | None]:
-    """PT_LOAD memsz of a kernel image: plain ELF, or an ELF compressed inside it.
-
-    Returns ``(size, how)`` on success, else ``(None, unsupported)`` where
-    ``unsupported`` names a compression found that the stdlib cannot decode.
-    """
-    plain = elf_load_memsz(data)
-    if plain is not None:
-        return plain, "elf"
-    for fmt, magic in _DECODABLE_MAGICS:
-        for offset in _offsets(data, magic):
-            try:
-                head = _decompress_head(fmt, data[offset:])
-            except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError):
-                continue
-            size = elf_load_memsz(head)
-            if size is not None:
-                return size, fmt
-    for fmt, magic in UNSUPPORTED_FORMATS:
-        if magic in data:
-            return None, fmt
-    return None, None
-
-
-def kernel_image_size(paths: Paths, image: Path | None) -> KernelSize:
-    """Memory the capture kernel image occupies once loaded (§4.3 step 4).
-
-    Falls back to the running kernel's ``Kernel code/rodata/data/bss`` in
-    /proc/iomem when the image is missing, not ELF, or compressed in a format
-    the stdlib cannot decode (zstd, lz4, lzo).
-    """
-    note: str | None = None
-    if image is not None:
-        try:
-            data = image.read_bytes()
-        except OSError as exc:
-            note = f"cannot read kernel image {image}: {exc.strerror}"
-        else:
-            size, how = image_load_size(data)
-            if size is not None:
-                return KernelSize(size, how or "elf")
-            if how is not None:
-                note = f"kernel image is {how}-compressed, which kdumpd cannot decompress"
-            else:
-                note = "kernel image holds no ELF kernel kdumpd can find"
-    fallback = iomem_kernel_bytes(paths)
-    if note is None:
-        note = "kernel image not found"
-    return KernelSize(fallback, "iomem", f"{note}; using /proc/iomem Kernel code/data sizes")
-
-
-def read_module_list(path: Path | None) -> frozenset[str] | None:
-    """Module names listed one per line (``hostonly-kernel-modules.txt``); None if absent.
-
-    Names are normalised to the /proc/modules spelling (``-`` becomes ``_``).
-    """
-    if path is None:
-        return None
-    text = _read_text(path)
-    if text is None:
-        return None
-    return frozenset(line.strip().replace("-", "_") for line in text.splitlines() if line.strip())
-
-
-# ---------------------------------------------------------------------------
-# memory estimate (§4.3)
-
-RUNTIME_BYTES = 16 * MIB
-# Modules at least this large are listed by name, as kdumpctl estimate does.
-LARGE_MODULE_BYTES = 1 * MIB
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """The numbers of ``kdumpctl estimate``, in bytes, and notes on what was not counted."""
-
-    reserved: int
-    baseline: int
-    kernel: KernelSize
-    modules: dict[str, int]
-    initramfs: int
-    runtime: int = RUNTIME_BYTES
-    image_built: bool = True
-    notes: tuple[str, ...] = ()
-
-    @property
-    def modules_total(self) -> int:
-        return sum(self.modules.values())
-
-    @property
-    def large_modules(self) -> dict[str, int]:
-        return {n: s for n, s in sorted(self.modules.items()) if s >= LARGE_MODULE_BYTES}
-
-    @property
-    def estimated(self) -> int:
-        """Kernel + modules + 3 x initramfs + runtime.
-
-        Three times the image: the compressed image sits in the reservation and
-        is unpacked into a tmpfs there as well (kdump-utils' factor).
-        """
-        return self.kernel.bytes + self.modules_total + 3 * self.initramfs + self.runtime
-
-    @property
-    def recommended(self) -> int:
-        return max(self.baseline, self.estimated)
-
-    @property
-    def too_small(self) -> bool:
-        return self.reserved < self.recommended
-
-
-def estimate_capture_memory(
-    *,
-    reserved: int,
-    baseline: int,
-    kernel: KernelSize,
-    loaded: dict[str, int],
-    image_modules: frozenset[str] | None,
-    initramfs: Path | None,
-) -> Estimate:
-    """Combine the readings into an :class:`Estimate`.
-
-    Only loaded modules that the capture image lists are counted. Without a
-    built image (no module list or no initramfs file) both terms count 0 and a
-    note says so, rather than guessing from every module the host has loaded.
-    """
-    notes: list[str] = []
-    if kernel.note:
-        notes.append(kernel.note)
-    initramfs_size: int | None = None
-    if initramfs is not None:
-        try:
-            initramfs_size = initramfs.stat().st_size
-        except OSError:
-            initramfs_size = None
-    built = image_modules is not None and initramfs_size is not None
-    if image_modules is None:
-        modules: dict[str, int] = {}
-        notes.append(
-            "the capture initramfs is not built yet (no module list): Kernel modules size counts 0"
-        )
-    else:
-        modules = {name: size for name, size in loaded.items() if name in image_modules}
-    if initramfs_size is None:
-        notes.append("the capture initramfs is not built yet: Initramfs size counts 0")
-    return Estimate(
-        reserved=reserved,
-        baseline=baseline,
-        kernel=kernel,
-        modules=modules,
-        initramfs=initramfs_size or 0,
-        image_built=built,
-        notes=tuple(notes),
-    )
-
-
-def format_estimate(estimate: Estimate) -> list[str]:
-    """The stdout lines of ``kdumpctl estimate`` (§4.3 layout, MiB by integer division)."""
-    mib = MIB
-    lines = [
-        f"Reserved crashkernel:    {estimate.reserved // mib}M",
-        f"Recommended crashkernel: {estimate.recommended // mib}M",
-        "",
-        f"Kernel image size:   {estimate.kernel.bytes // mib}M",
-        f"Kernel modules size: {estimate.modules_total // mib}M",
-        f"Initramfs size:      {estimate.initramfs // mib}M",
-        f"Runtime reservation: {estimate.runtime // mib}M",
-    ]
-    large = estimate.large_modules
-    if large:
-        lines.append("Large modules:")
-        lines.extend(f"    {name}: {size}" for name, size in large.items())
-    else:
-        lines.append("Large modules: <none>")
-    if estimate.too_small:
-        lines.append(
-            "WARNING: Current crashkernel size is lower than recommended size "
-            f"{estimate.recommended // mib}M."
-        )
-    return lines

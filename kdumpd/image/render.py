@@ -1,0 +1,155 @@
+"""Rendering the dracut module's files from dracut-module/templates (jinja2).
+
+StrictUndefined, no autoescape; a template may print only values that went
+through a quoting filter of the dialect it writes (:func:`shell_quote` for
+bash), and the finalize hook fails any ``{{ }}`` that skipped it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from kdumpd.contract.plan import PLAN_PATH_IN_IMAGE
+from kdumpd.image.agent import AGENT_DIR_IN_IMAGE, AGENT_PROGRAMS, TARGET_PYTHON
+from kdumpd.paths import Paths
+
+_UNIT_SAFE = re.compile(r"^[A-Za-z0-9_./+-]+$")
+
+
+class Quoted(str):
+    """Text that went through :func:`shell_quote`; the only thing templates may print."""
+
+
+def shell_quote(value: object) -> Quoted:
+    """Quote a value as one shell word; a list or tuple becomes space-separated words.
+
+    None and booleans are refused: a template printing them is a bug.
+    """
+    if isinstance(value, Quoted):
+        return value
+    if isinstance(value, list | tuple):
+        return Quoted(" ".join(shlex.quote(_word(v)) for v in value))
+    return Quoted(shlex.quote(_word(value)))
+
+
+def _word(value: object) -> str:
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()  # StrictUndefined: name the missing variable
+    if value is None or isinstance(value, bool):
+        raise ValueError(f"refusing to render {value!r} into shell text")
+    if isinstance(value, str | int | Path):
+        return str(value)
+    raise ValueError(f"refusing to render a {type(value).__name__} into shell text")
+
+
+def _only_quoted(value: object) -> object:
+    """jinja2 finalize hook: any ``{{ }}`` that skipped shell_quote fails the render."""
+    if isinstance(value, Quoted):
+        return value
+    raise ValueError(f"template printed {value!r} without the shell_quote filter")
+
+
+def template_environment(template_dir: Path) -> jinja2.Environment:
+    """The jinja2 environment for dracut-module/templates."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        finalize=_only_quoted,
+    )
+    env.filters["shell_quote"] = shell_quote
+    return env
+
+
+def default_template_dir(paths: Paths) -> Path:
+    """The templates: next to the source tree when run from it, else the installed copy."""
+    source_tree = Path(__file__).resolve().parents[2] / "dracut-module" / "templates"
+    if source_tree.is_dir():
+        return source_tree
+    return paths.under_root("/usr/share/kdumpd/dracut-module/templates")
+
+
+def template_files(template_dir: Path) -> list[Path]:
+    return sorted(p for p in template_dir.glob("*.j2") if p.is_file())
+
+
+@dataclass(frozen=True)
+class ModuleContext:
+    """Every value the templates interpolate."""
+
+    kernel_release: str
+    build_dir: str
+    agent_files: tuple[str, ...]
+    python_files: tuple[str, ...]
+    python_extensions: tuple[str, ...]
+    collector: str
+    vmcore_dmesg: str
+    user_programs: tuple[str, ...]
+    failure_action: str
+    dracut_depends: tuple[str, ...] = ("base", "systemd", "systemd-initrd", "udev-rules")
+    agent_dir: str = AGENT_DIR_IN_IMAGE
+    python: str = TARGET_PYTHON
+    plan_path: str = PLAN_PATH_IN_IMAGE
+    agent_programs: tuple[str, ...] = AGENT_PROGRAMS
+    self_check_modules: tuple[str, ...] = ("kdumpd.capture",)
+    #: Programs the target needs (ssh: ssh and ip).
+    target_programs: tuple[str, ...] = ()
+    #: Files staged in the build dir for the image, flattened triples: build name, image path, mode.
+    image_files: tuple[str, ...] = ()
+    #: Units started with initrd.target (dracut's networkd module only enables it for
+    #: multi-user.target, which an initrd never reaches).
+    start_units: tuple[str, ...] = ()
+    #: "image": python3 and the stdlib the agent needs are in the image. "root": the
+    #: target filesystem is the root filesystem, so the agent's starter mounts it first
+    #: and runs python from there (see :func:`agent_root_mount`).
+    agent_from: str = "image"
+    root_device: str = ""
+    root_mountpoint: str = ""
+    root_fstype: str = ""
+    root_options: str = ""
+    #: The interpreter's real file (python3 is a relative symlink) for agent_from="root".
+    python_real: str = TARGET_PYTHON
+    device_wait_seconds: int = 300
+
+    @property
+    def fallback_action(self) -> str:
+        """What systemd does when even the agent's error handler cannot run."""
+        return self.failure_action if self.failure_action in ("halt", "poweroff") else "reboot"
+
+    def values(self) -> dict[str, Any]:
+        for name in ("agent_dir", "python", "python_real"):
+            if not _UNIT_SAFE.match(getattr(self, name)):
+                raise ValueError(f"{name} {getattr(self, name)!r} cannot go into a unit file")
+        data: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["fallback_action"] = self.fallback_action
+        data["self_check"] = SELF_CHECK
+        return data
+
+
+#: Run by the module inside the staged image: import the agent and every module it needs.
+SELF_CHECK = (
+    "import sys\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "for name in sys.argv[2:]:\n"
+    "    __import__(name)\n"
+)
+
+
+def render_module(context: ModuleContext, *, template_dir: Path, out_dir: Path) -> list[Path]:
+    """Render every template into ``out_dir`` (name without .j2); return the files written."""
+    env = template_environment(template_dir)
+    values = context.values()
+    written: list[Path] = []
+    for template in template_files(template_dir):
+        text = env.get_template(template.name).render(**values)
+        target = out_dir / template.name.removesuffix(".j2")
+        target.write_text(text, encoding="utf-8")
+        written.append(target)
+    return written

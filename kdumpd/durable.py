@@ -1,7 +1,8 @@
 """Writes that survive a crash: fsync a directory, replace a file atomically (stdlib only).
 
 Both kernels use these: the capture agent for the dump's files, the first
-kernel for the image manifest, the load record and the raw import records.
+kernel for the capture image and its manifest, the load record, and the dump
+and records of a raw import.
 """
 
 from __future__ import annotations
@@ -43,3 +44,20 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         os.close(fd)
     os.replace(temporary, path)
     fsync_dir(path.parent)
+
+
+def rename_into_place(source: Path, dest: Path, *, mode: int | None = None) -> None:
+    """Make a finished file durable under its final name: fsync it, rename it, fsync the dir.
+
+    ``mode`` (when given) is set before the rename, so the final name never has
+    looser permissions than it should.
+    """
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(source, dest)
+    fsync_dir(dest.parent)

@@ -131,7 +131,3 @@ def compile_full(config: KdumpConfig, paths: Paths, *, kernel_release: str) -> C
         plan=plan, warnings=tuple(warnings), devices=tuple(devices), dracut_modules=tuple(stack)
     )
 
-
-def compile_plan(config: KdumpConfig, paths: Paths, *, kernel_release: str) -> CapturePlan:
-    """The CapturePlan for ``config`` on the host under ``paths`` (see :func:`compile_full`)."""
-    return compile_full(config, paths, kernel_release=kernel_release).plan

@@ -8,13 +8,16 @@ exit code, stdout and stderr. Tests replace :data:`runner` (see
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import selectors
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from kdumpd.errors import KdumpError
 
@@ -30,7 +33,10 @@ class Completed:
 
 
 class ProgramError(KdumpError):
-    """A program could not start, timed out, or exited with a code not accepted."""
+    """A program could not start, timed out, or exited with a code not accepted.
+
+    ``returncode`` is None when it did not start (``errno`` says why) or timed out.
+    """
 
     def __init__(
         self,
@@ -39,12 +45,16 @@ class ProgramError(KdumpError):
         stdout: str,
         stderr: str,
         reason: str,
+        *,
+        error_number: int | None = None,
     ) -> None:
         self.argv = tuple(argv)
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
         self.reason = reason
+        #: The OS error of starting the program (ENOENT, ENOEXEC, EACCES...), else None.
+        self.errno = error_number
         detail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
         message = f"{self.argv[0]}: {reason}"
         if detail:
@@ -61,6 +71,52 @@ ChunkSink = Callable[[bytes], None]
 OUTPUT_TAIL_BYTES = 64 * 1024
 
 
+def _start_error(argv: Sequence[str], exc: OSError) -> ProgramError:
+    """Every OSError of starting a program, as a ProgramError carrying its errno."""
+    if exc.errno == errno.ENOENT:
+        reason = "not found (is it installed?)"
+    elif exc.errno == errno.ENOEXEC:
+        reason = "cannot be executed: exec format error (a script needs a #! line)"
+    elif exc.errno == errno.EACCES:
+        reason = "cannot be executed: permission denied (is it executable?)"
+    else:
+        reason = f"cannot be started: {exc.strerror or exc}"
+    return ProgramError(argv, None, "", "", reason, error_number=exc.errno)
+
+
+def _popen(argv: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a process group of its own (so a timeout can kill all of it)."""
+    try:
+        return subprocess.Popen(list(argv), start_new_session=True, **options)
+    except OSError as exc:
+        raise _start_error(argv, exc) from exc
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill the program and everything it started (its process group), then reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    process.wait()
+
+
+def _text(data: bytes | None) -> str:
+    """Program output as text: UTF-8, with bytes that are not UTF-8 replaced, never raising."""
+    return data.decode("utf-8", errors="replace") if data else ""
+
+
+def _full_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    full = dict(os.environ)
+    if env:
+        full.update(env)
+    return full
+
+
+def _timed_out(argv: Sequence[str], timeout: float | None, out: str, err: str) -> ProgramError:
+    return ProgramError(argv, None, out, err, f"timed out after {timeout} s")
+
+
 def _real_run(
     argv: Sequence[str],
     *,
@@ -71,42 +127,56 @@ def _real_run(
     cwd: str | None,
     on_line: LineSink | None,
 ) -> Completed:
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
-    try:
-        if on_line is None:
-            proc = subprocess.run(
-                list(argv),
-                input=input,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env=full_env,
-                cwd=cwd,
-                check=False,
-                stdin=None if input is not None else subprocess.DEVNULL,
-            )
-            out, err, code = proc.stdout, proc.stderr, proc.returncode
-        else:
-            out, err, code = _run_streaming(argv, timeout, full_env, cwd, on_line)
-    except FileNotFoundError as exc:
-        raise ProgramError(argv, None, "", "", "not found (is it installed?)") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise ProgramError(
-            argv, None, _text(exc.stdout), _text(exc.stderr), f"timed out after {timeout} s"
-        ) from exc
+    if on_line is not None:
+        out, code = _run_streaming(argv, timeout, _full_env(env), cwd, on_line)
+        err = out
+    else:
+        process = _popen(
+            argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_full_env(env),
+            cwd=cwd,
+        )
+        data = input.encode("utf-8", errors="surrogateescape") if input is not None else None
+        try:
+            raw_out, raw_err = process.communicate(data, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            _kill_group(process)
+            raise _timed_out(argv, timeout, _text(exc.output), _text(exc.stderr)) from exc
+        except BaseException:
+            _kill_group(process)
+            raise
+        out, err, code = _text(raw_out), _text(raw_err), process.returncode
     if code not in set(ok_codes):
         raise ProgramError(argv, code, out, err, f"exited with status {code}")
     return Completed(tuple(argv), code, out, err)
 
 
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    if isinstance(data, bytes):
-        return data.decode(errors="replace")
-    return data
+class _Lines:
+    """Splits a byte stream into lines of text for an on_line sink, keeping all of it."""
+
+    def __init__(self, sink: LineSink) -> None:
+        self.sink = sink
+        self.pending = b""
+        self.text: list[str] = []
+
+    def add(self, chunk: bytes) -> None:
+        self.pending += chunk
+        *complete, self.pending = self.pending.split(b"\n")
+        for line in complete:
+            self._emit(line + b"\n")
+
+    def close(self) -> None:
+        if self.pending:
+            self._emit(self.pending)
+            self.pending = b""
+
+    def _emit(self, raw: bytes) -> None:
+        line = _text(raw)
+        self.text.append(line)
+        self.sink(line.rstrip("\n"))
 
 
 def _run_streaming(
@@ -115,28 +185,49 @@ def _run_streaming(
     env: Mapping[str, str],
     cwd: str | None,
     on_line: LineSink,
-) -> tuple[str, str, int]:
+) -> tuple[str, int]:
     """Run with stderr merged into stdout, handing each line to on_line as it comes.
 
-    Used for slow programs (dracut) whose progress the user should see.
+    Used for slow programs (dracut) whose progress the user should see. The
+    timeout holds while the output streams: when it passes, the program and its
+    process group are killed.
     """
-    lines: list[str] = []
-    with subprocess.Popen(
-        list(argv),
+    deadline = None if timeout is None else time.monotonic() + timeout
+    lines = _Lines(on_line)
+    process = _popen(
+        argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        text=True,
         env=dict(env),
         cwd=cwd,
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            on_line(line.rstrip("\n"))
-        code = proc.wait(timeout=timeout)
-    text = "".join(lines)
-    return text, text, code
+    )
+    try:
+        assert process.stdout is not None
+        with process.stdout, selectors.DefaultSelector() as sel:
+            sel.register(process.stdout, selectors.EVENT_READ)
+            while True:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    raise subprocess.TimeoutExpired(list(argv), timeout or 0)
+                if not sel.select(wait):
+                    continue
+                chunk = os.read(process.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                lines.add(chunk)
+        lines.close()
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        code = process.wait(timeout=left)
+    except subprocess.TimeoutExpired as exc:
+        _kill_group(process)
+        lines.close()
+        text = "".join(lines.text)
+        raise _timed_out(argv, timeout, text, text) from exc
+    except BaseException:
+        _kill_group(process)
+        raise
+    return "".join(lines.text), code
 
 
 class _Tail:
@@ -151,7 +242,7 @@ class _Tail:
             del self.data[: len(self.data) - OUTPUT_TAIL_BYTES]
 
     def text(self) -> str:
-        return self.data.decode(errors="replace")
+        return _text(bytes(self.data))
 
 
 def _run_redirected(
@@ -173,9 +264,7 @@ def _run_redirected(
     kept for the result. Exit codes are judged like ``set -o pipefail``: the
     rightmost program that exited with a code not in ok_codes is reported.
     """
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
+    full_env = _full_env(env)
     accepted = set(ok_codes)
     stages = [tuple(argv)] + ([tuple(pipe_to)] if pipe_to else [])
     procs: list[subprocess.Popen[bytes]] = []
@@ -190,13 +279,9 @@ def _run_redirected(
             out: int | IO[bytes] = subprocess.PIPE
             if last and stdout is not None:
                 out = stdout
-            try:
-                proc = subprocess.Popen(
-                    list(stage), stdin=stdin, stdout=out, stderr=subprocess.PIPE,
-                    env=full_env, cwd=cwd,
-                )  # fmt: skip
-            except FileNotFoundError as exc:
-                raise ProgramError(stage, None, "", "", "not found (is it installed?)") from exc
+            proc = _popen(
+                stage, stdin=stdin, stdout=out, stderr=subprocess.PIPE, env=full_env, cwd=cwd
+            )
             if i > 0 and procs[-1].stdout is not None:
                 # The reader owns the pipe now: a writer gets SIGPIPE if it goes away.
                 procs[-1].stdout.close()
@@ -206,8 +291,7 @@ def _run_redirected(
     except BaseException:
         for p in procs:
             if p.poll() is None:
-                p.kill()
-                p.wait()
+                _kill_group(p)
         raise
     err_text = "".join(tails[id(p.stderr)].text() for p in procs)
     last_out = procs[-1].stdout
@@ -259,19 +343,23 @@ def _run_interactive(
     env: Mapping[str, str] | None,
     cwd: str | None,
 ) -> Completed:
-    """Run with the caller's stdin, stdout and stderr (a shell on the console)."""
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
+    """Run with the caller's stdin, stdout and stderr (a shell on the console).
+
+    The program stays in the caller's process group: it owns the terminal.
+    """
     try:
-        code = subprocess.run(list(argv), env=full_env, cwd=cwd, timeout=timeout, check=False)
-    except FileNotFoundError as exc:
-        raise ProgramError(argv, None, "", "", "not found (is it installed?)") from exc
+        process = subprocess.Popen(list(argv), env=_full_env(env), cwd=cwd)
+    except OSError as exc:
+        raise _start_error(argv, exc) from exc
+    try:
+        code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise ProgramError(argv, None, "", "", f"timed out after {timeout} s") from exc
-    if code.returncode not in set(ok_codes):
-        raise ProgramError(argv, code.returncode, "", "", f"exited with status {code.returncode}")
-    return Completed(tuple(argv), code.returncode, "", "")
+        process.kill()
+        process.wait()
+        raise _timed_out(argv, timeout, "", "") from exc
+    if code not in set(ok_codes):
+        raise ProgramError(argv, code, "", "", f"exited with status {code}")
+    return Completed(tuple(argv), code, "", "")
 
 
 def _dispatch(

@@ -11,8 +11,10 @@ venv=.cache/venv/bin
 
 echo "== ruff"
 "$venv/ruff" check kdumpd tests tools
-echo "== mypy --strict"
-"$venv/mypy" --strict kdumpd
+echo "== mypy --strict (package and tests)"
+"$venv/mypy" --strict kdumpd tests
+echo "== import layers"
+"$venv/python" -m tests.support.layers kdumpd
 pytest=("$venv/python" -m pytest -p no:cacheprovider -ra)
 if [[ -n "${KDUMPD_TESTS:-}" ]]; then
     echo "== pytest $KDUMPD_TESTS"

@@ -48,14 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         execute(DEFAULT_ACTION)
         return 1
     vmcore = Path(args.vmcore) if args.vmcore else paths.proc_vmcore
-    ctx = CaptureContext(
-        paths=paths,
-        plan=plan,
-        vmcore=vmcore,
-        execute=execute,
-        log=log,
-        nproc=len(os.sched_getaffinity(0)),
-    )
+    ctx = CaptureContext(paths, plan, vmcore, execute, log, nproc=len(os.sched_getaffinity(0)))
     return run_error_handler(ctx) if args.error_handler else run_capture(ctx)
 
 

@@ -18,7 +18,7 @@ from kdumpd.capture.base import DEVICE_WAIT_SECONDS, wait_for_device
 from kdumpd.capture.log import CaptureLog
 from kdumpd.contract.layout import LOCAL_ADDRESS, RESERVED_BYTES, dump_dir_name
 from kdumpd.contract.plan import FsTarget, MountSpec
-from kdumpd.durable import fsync_dir
+from kdumpd.durable import rename_into_place
 from kdumpd.errors import TargetError
 from kdumpd.mountinfo import parse_mountinfo
 from kdumpd.paths import Paths
@@ -107,14 +107,7 @@ class FsDump:
         """fsync ``incomplete``, rename it to ``final`` (0600) and fsync the directory."""
         src, dst = self.output_path(incomplete), self.output_path(final)
         try:
-            fd = os.open(src, os.O_RDONLY)
-            try:
-                os.fchmod(fd, 0o600)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(src, dst)
-            fsync_dir(dst.parent)
+            rename_into_place(src, dst, mode=0o600)
         except OSError as exc:
             raise TargetError(f"cannot complete {dst}: {exc}", exc.errno) from exc
 

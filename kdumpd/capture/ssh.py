@@ -26,7 +26,7 @@ from kdumpd import proc
 from kdumpd.capture.log import CaptureLog
 from kdumpd.contract.layout import VMCORE_FLAT, dump_dir_name
 from kdumpd.contract.plan import SshSpec, SshTarget
-from kdumpd.contract.ssh import SshFailure, argv_for, classify, last_line
+from kdumpd.contract.ssh import SshFailure, argv_for, classify, explain, last_line
 from kdumpd.errors import TargetError
 
 #: How long a server that does not answer is retried before failure_action.
@@ -132,24 +132,18 @@ class SshDump:
 
     def _failure_text(self, failure: SshFailure, doing: str, stderr: str, waited: float) -> str:
         spec = self.spec
-        who = f"{spec.user}@{spec.host}"
-        said = last_line(stderr)
-        if failure is SshFailure.NETWORK:
-            return (
-                f"network: cannot reach {who} port {spec.port} to {doing} "
-                f"({said}; tried for {waited:.0f} s)"
-            )
-        if failure is SshFailure.HOST_KEY:
-            return (
-                f"host key: the key of {spec.host} does not match the capture image's "
-                f"known_hosts ({said}); rebuild with kdumpctl restart"
-            )
-        if failure is SshFailure.AUTHENTICATION:
-            return (
-                f"authentication: {who} refused the key {spec.identity} ({said}); "
-                "run kdumpctl propagate"
-            )
-        return f"permission: {who} could not {doing} ({said})"
+        return explain(
+            failure,
+            user=spec.user,
+            host=spec.host,
+            port=spec.port,
+            identity=spec.identity,
+            known_hosts=spec.known_hosts,
+            path=self.target.path,
+            doing=doing,
+            said=last_line(stderr),
+            waited=waited,
+        )
 
     def _path(self, name: str) -> str:
         if self.directory is None:

@@ -58,6 +58,45 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else "no message"
 
 
+def explain(
+    failure: SshFailure,
+    *,
+    user: str,
+    host: str,
+    port: int,
+    identity: str,
+    known_hosts: str,
+    path: str,
+    doing: str,
+    said: str,
+    waited: float | None = None,
+) -> str:
+    """The one wording of an ssh failure, for the preflight and for the capture alike.
+
+    Which of the four kinds it is, what ssh said (``said``: its last line), and
+    what to do about it. ``doing`` is what the run was for ("create /var/crash").
+    """
+    who = f"{user}@{host}"
+    if failure is SshFailure.NETWORK:
+        tried = f"; tried for {waited:.0f} s" if waited is not None else ""
+        return (
+            f"network: cannot reach {who} port {port} to {doing} ({said}{tried}); "
+            "check the network between this machine and the server"
+        )
+    if failure is SshFailure.HOST_KEY:
+        return (
+            f"host key: the key of {known_hosts_name(host, port)} is unknown or changed in "
+            f"{known_hosts} ({said}); connect once with 'ssh -p {port} {who}' to check and "
+            "accept it, or remove a stale line with 'ssh-keygen -R', then run kdumpctl restart"
+        )
+    if failure is SshFailure.AUTHENTICATION:
+        return (
+            f"authentication: {who} refused the key {identity} ({said}); "
+            f"'kdumpctl propagate' installs it in ~{user}/.ssh/authorized_keys on {host}"
+        )
+    return f"permission: {who} could not {doing} ({said}); {user} needs write access to {path}"
+
+
 def known_hosts_name(host: str, port: int) -> str:
     """The name a known_hosts line carries for this host: ``host`` or ``[host]:port``."""
     return host if port == DEFAULT_PORT else f"[{host}]:{port}"

@@ -187,15 +187,6 @@ def agent_from_fields(paths: Paths, plan: CapturePlan) -> dict[str, Any]:
     """ModuleContext fields that say where the agent's interpreter comes from."""
     mount = agent_root_mount(paths, plan)
     if mount is None:
-        return {"agent_from": "image"}
-    real = os.path.realpath(paths.under_root(TARGET_PYTHON))
-    root = str(paths.root).rstrip("/")
-    python_real = real[len(root) :] if root and real.startswith(root + "/") else real
-    return {
-        "agent_from": "root",
-        "root_device": mount.device,
-        "root_mountpoint": mount.mountpoint,
-        "root_fstype": mount.fstype,
-        "root_options": mount.options,
-        "python_real": python_real,
-    }
+        return {}
+    real = Path(os.path.realpath(paths.under_root(TARGET_PYTHON)))
+    return {"root_mount": mount, "python_real": paths.shown(real)}

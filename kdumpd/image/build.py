@@ -24,7 +24,6 @@ wait for the device with its own, reported, timeout.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from pathlib import Path
 from kdumpd import proc
 from kdumpd.config.kdumpconf import KdumpConfig
 from kdumpd.contract.plan import CapturePlan
-from kdumpd.durable import write_atomic
+from kdumpd.durable import rename_into_place, write_atomic
 from kdumpd.errors import BuildError, Problem
 from kdumpd.image.agent import (
     AGENT_STARTER,
@@ -189,7 +188,7 @@ def build(
             ) from exc
         if not temp_image.is_file() or temp_image.stat().st_size == 0:
             raise BuildError(f"dracut reported success but wrote no image at {temp_image}")
-        os.replace(temp_image, image)
+        rename_into_place(temp_image, image)
         write_atomic(manifest_path(paths, kernel_release), manifest.to_json().encode())
     finally:
         temp_image.unlink(missing_ok=True)

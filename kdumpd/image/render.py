@@ -15,7 +15,7 @@ from typing import Any
 
 import jinja2
 
-from kdumpd.contract.plan import PLAN_PATH_IN_IMAGE
+from kdumpd.contract.plan import PLAN_PATH_IN_IMAGE, MountSpec
 from kdumpd.image.agent import AGENT_DIR_IN_IMAGE, AGENT_PROGRAMS, TARGET_PYTHON
 from kdumpd.paths import Paths
 
@@ -23,7 +23,11 @@ _UNIT_SAFE = re.compile(r"^[A-Za-z0-9_./+-]+$")
 
 
 class Quoted(str):
-    """Text that went through :func:`shell_quote`; the only thing templates may print."""
+    """Text that went through :func:`shell_quote`: the only thing a bash template may print."""
+
+
+class UnitQuoted(str):
+    """Text that went through :func:`unit_quote` or :func:`unit_path`: what a unit file prints."""
 
 
 def shell_quote(value: object) -> Quoted:
@@ -38,33 +42,102 @@ def shell_quote(value: object) -> Quoted:
     return Quoted(shlex.quote(_word(value)))
 
 
+# Characters a word of a unit file may hold as they are (systemd.syntax(7), systemd.service(5)
+# "Command lines"): no quotes, backslashes, blanks, specifiers (%) or variables ($).
+_UNIT_PLAIN = re.compile(r"^[A-Za-z0-9_./+:@=,-]+$")
+_UNIT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "%": "%%", "$": "$$"}
+
+
+def _unit_word(text: str) -> str:
+    if _UNIT_PLAIN.match(text):
+        return text
+    out = []
+    for char in text:
+        if char in _UNIT_ESCAPES:
+            out.append(_UNIT_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def unit_quote(value: object) -> UnitQuoted:
+    """Quote a value as one word of a unit file's command line (or comment), by systemd's rules.
+
+    Double quotes with C-style escapes, ``%%`` for a literal ``%`` (specifiers) and
+    ``$$`` for a literal ``$`` (variables); a list or tuple becomes words separated
+    by spaces. What comes out never spans lines.
+    """
+    if isinstance(value, UnitQuoted):
+        return value
+    if isinstance(value, list | tuple):
+        return UnitQuoted(" ".join(_unit_word(_word(v)) for v in value))
+    return UnitQuoted(_unit_word(_word(value)))
+
+
+def unit_path(value: object) -> UnitQuoted:
+    """An absolute path for a unit setting that takes a path (``WorkingDirectory=``).
+
+    Such settings do not unquote, so only paths that need no quoting are accepted.
+    """
+    text = _word(value)
+    if not text.startswith("/") or not _UNIT_PLAIN.match(text):
+        raise ValueError(f"{text!r} cannot be written as a path in a unit file")
+    return UnitQuoted(text)
+
+
 def _word(value: object) -> str:
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()  # StrictUndefined: name the missing variable
     if value is None or isinstance(value, bool):
-        raise ValueError(f"refusing to render {value!r} into shell text")
+        raise ValueError(f"refusing to render {value!r} into generated text")
     if isinstance(value, str | int | Path):
         return str(value)
-    raise ValueError(f"refusing to render a {type(value).__name__} into shell text")
+    raise ValueError(f"refusing to render a {type(value).__name__} into generated text")
 
 
-def _only_quoted(value: object) -> object:
-    """jinja2 finalize hook: any ``{{ }}`` that skipped shell_quote fails the render."""
-    if isinstance(value, Quoted):
-        return value
-    raise ValueError(f"template printed {value!r} without the shell_quote filter")
+#: The dialect of each generated file, by its name's ending: how values are quoted in it.
+DIALECTS: dict[str, tuple[type[str], str]] = {
+    ".sh": (Quoted, "shell_quote"),
+    ".service": (UnitQuoted, "unit_quote"),
+    ".target": (UnitQuoted, "unit_quote"),
+    ".conf": (UnitQuoted, "unit_quote"),  # systemd drop-ins and journald.conf.d
+}
 
 
-def template_environment(template_dir: Path) -> jinja2.Environment:
-    """The jinja2 environment for dracut-module/templates."""
+def dialect_of(name: str) -> str:
+    """The dialect (a key of :data:`DIALECTS`) of a template: ``kdumpd-setup.sh.j2`` is ``.sh``."""
+    for suffix in DIALECTS:
+        if name.removesuffix(".j2").endswith(suffix):
+            return suffix
+    raise ValueError(f"template {name}: no quoting dialect for this kind of file")
+
+
+def template_environment(template_dir: Path, dialect: str = ".sh") -> jinja2.Environment:
+    """The jinja2 environment for dracut-module/templates of one dialect.
+
+    Any ``{{ }}`` that did not go through that dialect's filter fails the render.
+    """
+    allowed, name = DIALECTS[dialect]
+
+    def only_quoted(value: object) -> object:
+        if isinstance(value, allowed):
+            return value
+        raise ValueError(f"template printed {value!r} without the {name} filter")
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
-        finalize=_only_quoted,
+        finalize=only_quoted,
     )
-    env.filters["shell_quote"] = shell_quote
+    if allowed is Quoted:
+        env.filters["shell_quote"] = shell_quote
+    else:
+        env.filters["unit_quote"] = unit_quote
+        env.filters["unit_path"] = unit_path
     return env
 
 
@@ -106,17 +179,18 @@ class ModuleContext:
     #: Units started with initrd.target (dracut's networkd module only enables it for
     #: multi-user.target, which an initrd never reaches).
     start_units: tuple[str, ...] = ()
-    #: "image": python3 and the stdlib the agent needs are in the image. "root": the
-    #: target filesystem is the root filesystem, so the agent's starter mounts it first
-    #: and runs python from there (see :func:`agent_root_mount`).
-    agent_from: str = "image"
-    root_device: str = ""
-    root_mountpoint: str = ""
-    root_fstype: str = ""
-    root_options: str = ""
+    #: None: python3 and the stdlib the agent needs are in the image. Else the target
+    #: filesystem is the root filesystem: the agent's starter mounts it first and runs
+    #: python from there (see :func:`kdumpd.image.agent.agent_root_mount`).
+    root_mount: MountSpec | None = None
     #: The interpreter's real file (python3 is a relative symlink) for agent_from="root".
     python_real: str = TARGET_PYTHON
     device_wait_seconds: int = 300
+
+    @property
+    def agent_from(self) -> str:
+        """Where the agent's python comes from: "root" (the root filesystem) or "image"."""
+        return "root" if self.root_mount is not None else "image"
 
     @property
     def fallback_action(self) -> str:
@@ -128,6 +202,7 @@ class ModuleContext:
             if not _UNIT_SAFE.match(getattr(self, name)):
                 raise ValueError(f"{name} {getattr(self, name)!r} cannot go into a unit file")
         data: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["agent_from"] = self.agent_from
         data["fallback_action"] = self.fallback_action
         data["self_check"] = SELF_CHECK
         return data
@@ -144,10 +219,10 @@ SELF_CHECK = (
 
 def render_module(context: ModuleContext, *, template_dir: Path, out_dir: Path) -> list[Path]:
     """Render every template into ``out_dir`` (name without .j2); return the files written."""
-    env = template_environment(template_dir)
     values = context.values()
     written: list[Path] = []
     for template in template_files(template_dir):
+        env = template_environment(template_dir, dialect_of(template.name))
         text = env.get_template(template.name).render(**values)
         target = out_dir / template.name.removesuffix(".j2")
         target.write_text(text, encoding="utf-8")

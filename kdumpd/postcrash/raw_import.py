@@ -31,7 +31,7 @@ from kdumpd.contract.layout import (
     VMCORE_INCOMPLETE,
     dump_dir_name,
 )
-from kdumpd.durable import fsync_dir, write_atomic
+from kdumpd.durable import rename_into_place, write_atomic
 from kdumpd.errors import TargetError
 from kdumpd.messages import Messages
 from kdumpd.paths import Paths
@@ -229,11 +229,8 @@ def import_raw_dump(
         )
         verify_dump_file(incomplete)
         dmesg = _save_dmesg(incomplete, directory / DMESG, messages)
-        with open(incomplete, "rb") as f:
-            os.fsync(f.fileno())
         vmcore = directory / VMCORE
-        os.replace(incomplete, vmcore)
-        fsync_dir(directory)
+        rename_into_place(incomplete, vmcore)
         size = vmcore.stat().st_size
         record = {
             "device": device,

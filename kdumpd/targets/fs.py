@@ -106,13 +106,6 @@ def mount_for_path(entries: Sequence[MountEntry], path: str) -> MountEntry:
     return best
 
 
-def _btrfs_subvol(entry: MountEntry) -> str | None:
-    for option in entry.options:
-        if option.startswith("subvol="):
-            return normalize_path(option.removeprefix("subvol="))
-    return None
-
-
 def _primary_mount(entries: Sequence[MountEntry], hit: MountEntry, fs_path: str) -> MountEntry:
     """The mount of the same filesystem that shows the largest part of it above ``fs_path``.
 

@@ -41,6 +41,7 @@ from kdumpd.contract.ssh import (
     DEFAULT_PORT,
     SshFailure,
     classify,
+    explain,
     known_hosts_name,
     last_line,
     ssh_base_argv,
@@ -192,6 +193,15 @@ def probe_command(path: str) -> str:
     return f"set -C && mkdir -p -- {where} && : > {probe} && rm -f -- {probe}"
 
 
+#: kdumpctl's first sentence for each failure (§3.3), kept for scripts that grep it.
+_KDUMPCTL_LEAD: dict[SshFailure, str] = {
+    SshFailure.NETWORK: "ipaddr is not ready yet. You should check network connection.",
+    SshFailure.HOST_KEY: 'you probably need to run "kdumpctl propagate".',
+    SshFailure.AUTHENTICATION: 'you probably need to run "kdumpctl propagate".',
+    SshFailure.PERMISSION: "you should check the privilege on server side.",
+}
+
+
 def failure_message(
     failure: SshFailure,
     dest: SshDestination,
@@ -202,32 +212,21 @@ def failure_message(
     stderr: str,
     waited: float = 0.0,
 ) -> str:
-    """kdumpctl's sentence for the failure, then what to do about it."""
-    where = f"{dest.target}:{path}"
-    said = last_line(stderr)
-    if failure is SshFailure.PERMISSION:
-        return (
-            f"Could not create {where}, you should check the privilege on server side. "
-            f"The server said: {said}. {dest.user} needs write access to {path} there."
-        )
-    if failure is SshFailure.HOST_KEY:
-        return (
-            f'Could not create {where}, you probably need to run "kdumpctl propagate". '
-            f"The host key of {dest.known_hosts_name} is unknown or changed in {known_hosts} "
-            f"(ssh: {said}). Connect once with 'ssh -p {dest.port} {dest.target}' to check "
-            "and accept it, or remove a stale line with 'ssh-keygen -R'."
-        )
-    if failure is SshFailure.AUTHENTICATION:
-        return (
-            f'Could not create {where}, you probably need to run "kdumpctl propagate". '
-            f"The server refused the key {identity} (ssh: {said}); 'kdumpctl propagate' "
-            f"installs it in ~{dest.user}/.ssh/authorized_keys on {dest.host}."
-        )
-    return (
-        f"Could not create {where}, ipaddr is not ready yet. You should check network "
-        f"connection. Waited {waited:.0f} s for {dest.host} port {dest.port} "
-        f"(ssh: {said})."
+    """kdumpctl's sentence for the failure, then the shared explanation and what to do."""
+    detail = explain(
+        failure,
+        user=dest.user,
+        host=dest.host,
+        port=dest.port,
+        identity=identity,
+        known_hosts=known_hosts,
+        path=path,
+        doing=f"create {path}",
+        said=last_line(stderr),
+        waited=waited if failure is SshFailure.NETWORK else None,
     )
+    lead = f"Could not create {dest.target}:{path}, {_KDUMPCTL_LEAD[failure]}"
+    return f"{lead} {detail[:1].upper()}{detail[1:]}."
 
 
 def _attempt(argv: Sequence[str], timeout: float) -> tuple[int | None, str, str]:

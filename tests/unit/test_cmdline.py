@@ -215,7 +215,7 @@ def test_no_watchdog_class(fake_root: Paths) -> None:
 def _smbios_processor(version: str) -> bytes:
     length = 0x30
     formatted = bytearray(length)
-    formatted[0] = 4  # type: processor
+    formatted[0] = 4  # SMBIOS structure 4: processor
     formatted[1] = length
     formatted[0x04] = 1  # socket designation: string 1
     formatted[0x07] = 2  # manufacturer: string 2

@@ -183,8 +183,12 @@ def _ranges(draw: st.DrawFn) -> tuple[Range, ...]:
     count = draw(st.integers(min_value=1, max_value=6))
     items = []
     for _ in range(count):
-        start = draw(_sizes)
-        end = draw(st.none() | _sizes.map(lambda n, s=start: s + max(n, 1)))
+        start: int = draw(_sizes)
+
+        def past(n: int, s: int = start) -> int:
+            return s + max(n, 1)
+
+        end = draw(st.none() | _sizes.map(past))
         items.append(Range(start, end, draw(_sizes)))
     return tuple(items)
 

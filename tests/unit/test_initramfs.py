@@ -76,6 +76,41 @@ def test_template_printing_unquoted_value_fails(tmp_path: Path) -> None:
         env.get_template("undef.j2").render()
 
 
+def test_unit_quote_follows_systemd_syntax() -> None:
+    assert render.unit_quote("reboot") == "reboot"
+    assert render.unit_quote("/usr/lib/kdumpd/kdumpd-agent.sh") == "/usr/lib/kdumpd/kdumpd-agent.sh"
+    assert render.unit_quote("a b") == '"a b"'
+    assert render.unit_quote('say "hi"') == '"say \\"hi\\""'
+    assert render.unit_quote("back\\slash") == '"back\\\\slash"'
+    # specifiers and variables are systemd's, not the shell's: %% and $$ keep them literal
+    assert render.unit_quote("100% $(id) ${HOME}") == '"100%% $$(id) $${HOME}"'
+    assert render.unit_quote("line1\nline2\ttab\x01") == '"line1\\nline2\\ttab\\x01"'
+    assert render.unit_quote(["a", "b c"]) == 'a "b c"'
+    with pytest.raises(ValueError):
+        render.unit_quote(None)
+    assert render.unit_path("/usr/lib/kdumpd") == "/usr/lib/kdumpd"
+    for bad in ("relative/dir", "/with space", "/per%cent", "/new\nline"):
+        with pytest.raises(ValueError):
+            render.unit_path(bad)
+
+
+def test_each_template_is_quoted_in_its_own_dialect(tmp_path: Path) -> None:
+    write(tmp_path / "x.service.j2", "ExecStart={{ value | shell_quote }}\n")
+    write(tmp_path / "x.sh.j2", "echo {{ value | unit_quote }}\n")
+    write(tmp_path / "y.service.j2", "ExecStart=/bin/echo {{ value | unit_quote }}\n")
+    unit = render.template_environment(tmp_path, ".service")
+    shell = render.template_environment(tmp_path, ".sh")
+    with pytest.raises(jinja2.TemplateAssertionError, match="shell_quote"):
+        unit.get_template("x.service.j2")
+    with pytest.raises(jinja2.TemplateAssertionError, match="unit_quote"):
+        shell.get_template("x.sh.j2")
+    text = unit.get_template("y.service.j2").render(value="a b\n[Service]\nExecStart=/bin/evil")
+    assert text == 'ExecStart=/bin/echo "a b\\n[Service]\\nExecStart=/bin/evil"\n'
+    assert render.dialect_of("kdumpd-no-switch-root.conf.j2") == ".conf"
+    with pytest.raises(ValueError, match="no quoting dialect"):
+        render.dialect_of("notes.txt.j2")
+
+
 HOSTILE = (
     "a b",
     "it's",
@@ -116,6 +151,10 @@ def test_render_writes_every_template(tmp_path: Path) -> None:
     emergency = (tmp_path / "kdumpd-emergency.service").read_text()
     assert "ExecStart=-/usr/lib/kdumpd/kdumpd-agent.sh --error-handler" in emergency
     assert "ExecStart=systemctl --force reboot" in emergency  # shell falls back to reboot
+    # a hostile kernel release stays inside one quoted comment word of the unit files
+    assert service.splitlines()[0] == (
+        '# kdumpd capture agent, rendered for kernel "6.1.0-$$(id)".'
+    )
     starter = (tmp_path / "kdumpd-agent.sh").read_text()
     assert 'exec "$python" -E -s -S -B -m kdumpd.capture "$@"' in starter
     assert "python=/usr/bin/python3\n" in starter and "mount " not in starter
@@ -464,7 +503,9 @@ def test_build_renames_image_into_place_and_writes_manifest(
     assert lines == ["dracut: *** Creating image ***"]
     assert seen["plan"] == plan.to_json()
     assert "/usr/lib/python3.11/os.py" in str(seen["setup"])
-    assert {"contract", "proc.py", "errors.py", "__init__.py"} <= set(seen["agent"])  # type: ignore[arg-type]
+    agent_names = seen["agent"]
+    assert isinstance(agent_names, list)
+    assert {"contract", "proc.py", "errors.py", "__init__.py"} <= set(agent_names)
     # nothing left behind but the image and its manifest
     assert sorted(p.name for p in fake_root.state_dir.iterdir()) == [
         f"initramfs-{KVER}kdump.img",
@@ -601,11 +642,7 @@ def test_root_mode_starter_keeps_hostile_values_as_data(tmp_path: Path) -> None:
     out.mkdir()
     context = dataclasses.replace(
         hostile_context(str(tmp_path / "build")),
-        agent_from="root",
-        root_device="/dev/x $(touch pwned)",
-        root_mountpoint="/sys root",
-        root_fstype="ext4;id",
-        root_options="rw,`id`",
+        root_mount=MountSpec("/dev/x $(touch pwned)", "/sys root", "ext4;id", "rw,`id`"),
         python_real="/usr/bin/python3.11",
     )
     render.render_module(context, template_dir=TEMPLATES, out_dir=out)
@@ -635,3 +672,22 @@ def test_root_mode_starter_keeps_hostile_values_as_data(tmp_path: Path) -> None:
     assert not any(c[0] == "inst_binary" and c[1] == "/usr/bin/python3" for c in calls)
     assert not any(c[0] == "chroot" for c in calls)  # the check runs the root's python
     assert not list(tmp_path.rglob("pwned"))
+
+
+@pytest.mark.integration
+def test_module_check_is_silent_on_system_builds(tmp_path: Path) -> None:
+    """Without KDUMPD_BUILD_DIR (a system initramfs build) check() says no, and nothing else."""
+    shim = TEMPLATES.parent / "99kdumpd" / "module-setup.sh"
+    script = (
+        'derror() { echo "derror $*"; }; dwarn() { echo "dwarn $*"; }; '
+        'dinfo() { echo "dinfo $*"; }; dfatal() { echo "dfatal $*"; }; '
+        f'. "{shim}"; check; echo "status $?"'
+    )
+    env = {"PATH": os.environ["PATH"]}
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert (done.stdout, done.stderr) == ("status 1\n", "")
+    build = tmp_path / "build"
+    write(build / "kdumpd-setup.sh", "")
+    env["KDUMPD_BUILD_DIR"] = str(build)
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert (done.stdout, done.stderr) == ("status 0\n", "")

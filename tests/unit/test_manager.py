@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from kdumpd import cli, manager, proc
+from kdumpd import cli, host, manager, proc
 from kdumpd.errors import ConfigError, ExitCode
+from kdumpd.image import build
 from kdumpd.image.build import BuildResult
 from kdumpd.image.manifest import Manifest, image_path, manifest_path
 from kdumpd.messages import RecordedMessages
@@ -69,14 +70,14 @@ def system(fake_root: Paths, programs: ProgramStub, monkeypatch: pytest.MonkeyPa
         write(fake_root.root / program, program)
     fake_root.var_crash.mkdir(parents=True)
     programs.expect("dracut", stdout="dracut 059\n")  # dracut --version, for the manifest
-    monkeypatch.setattr(manager.host, "machine_arch", lambda: "x86_64")
+    monkeypatch.setattr(host, "machine_arch", lambda: "x86_64")
     return fake_root
 
 
 @pytest.fixture
 def dracut(system: Paths, monkeypatch: pytest.MonkeyPatch) -> FakeDracut:
     fake = FakeDracut()
-    monkeypatch.setattr(manager.build, "build", fake.build)
+    monkeypatch.setattr(build, "build", fake.build)
     return fake
 
 
@@ -162,7 +163,7 @@ def test_start_honours_kexec_args_and_secure_boot(
     system: Paths, dracut: FakeDracut, programs: ProgramStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write(system.default_kdump, f'KDUMP_KERNELVER="{KVER}"\nKEXEC_ARGS="-s -d"\n')
-    monkeypatch.setattr(manager.host, "secure_boot_enforced", lambda paths: True)
+    monkeypatch.setattr(host, "secure_boot_enforced", lambda paths: True)
     kexec_kernel_tracking(system, programs, 0)
 
     manager.start(system, RecordedMessages())
@@ -322,11 +323,11 @@ def test_restart_prepares_first_then_unloads_and_loads(
     write(system.kdump_conf, "path /var/crash\ncore_collector makedumpfile -c -d 31\n")
     order: list[str] = []
 
-    def build(*args: Any, **kwargs: Any) -> BuildResult:
+    def recorded_build(*args: Any, **kwargs: Any) -> BuildResult:
         order.append("build")
         return dracut.build(*args, **kwargs)
 
-    monkeypatch.setattr(manager.build, "build", build)
+    monkeypatch.setattr(build, "build", recorded_build)
 
     def kexec_answer(argv: Sequence[str]) -> proc.Completed:
         order.append("unload" if "-u" in argv else "load")

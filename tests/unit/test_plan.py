@@ -1,4 +1,4 @@
-"""compile_plan: kdump.conf + host facts (fake root) -> CapturePlan."""
+"""compile_full: kdump.conf + host facts (fake root) -> CapturePlan."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from kdumpd.config.kdumpconf import KdumpConfig, parse_kdump_conf
-from kdumpd.contract.plan import CapturePlan
+from kdumpd.contract.plan import CapturePlan, FsTarget
 from kdumpd.errors import ConfigError
 from kdumpd.paths import Paths
-from kdumpd.planner import compile_full, compile_plan
+from kdumpd.planner import compile_full
 from tests.conftest import ProgramStub, write
 
 KVER = "6.1.0-28-amd64"
@@ -45,6 +45,15 @@ def host(paths: Paths, *extra_mounts: str) -> None:
     paths.under_root("/var/crash").mkdir(parents=True)
 
 
+def compile_plan(config: KdumpConfig, paths: Paths, *, kernel_release: str) -> CapturePlan:
+    return compile_full(config, paths, kernel_release=kernel_release).plan
+
+
+def fs_target(plan: CapturePlan) -> FsTarget:
+    assert isinstance(plan.target, FsTarget)
+    return plan.target
+
+
 def executable(path: Path, mode: int = 0o755) -> None:
     write(path, "#!/bin/sh\n")
     path.chmod(mode)
@@ -53,7 +62,7 @@ def executable(path: Path, mode: int = 0o755) -> None:
 def test_default_path_on_root_fs(fake_root: Paths) -> None:
     host(fake_root)
     plan = compile_plan(conf("path /var/crash\n"), fake_root, kernel_release=KVER)
-    mount = plan.target.mount
+    mount = fs_target(plan).mount
     assert mount is not None
     assert (mount.device, mount.mountpoint, mount.fstype) == (
         f"/dev/disk/by-uuid/{ROOT_UUID}",
@@ -61,7 +70,7 @@ def test_default_path_on_root_fs(fake_root: Paths) -> None:
         "ext4",
     )
     assert mount.options == "rw,relatime,errors=remount-ro"
-    assert plan.target.path == "/var/crash"
+    assert fs_target(plan).path == "/var/crash"
     assert plan.core_collector == ("makedumpfile", "-l", "--message-level", "7", "-d", "31")
     assert plan.kernel_release == KVER
     # the JSON contract still round-trips
@@ -71,12 +80,12 @@ def test_default_path_on_root_fs(fake_root: Paths) -> None:
 def test_default_path_on_separate_var(fake_root: Paths) -> None:
     host(fake_root, "30 25 254:2 / /var ro,nofail - xfs /dev/vda2 rw,inode64")
     plan = compile_plan(KdumpConfig(), fake_root, kernel_release=KVER)
-    mount = plan.target.mount
+    mount = fs_target(plan).mount
     assert mount is not None
     assert mount.mountpoint == "/kdumproot/var"
     assert mount.device == f"/dev/disk/by-uuid/{VAR_UUID}"
     assert mount.options == "rw,inode64"
-    assert plan.target.path == "/crash"
+    assert fs_target(plan).path == "/crash"
 
 
 def test_default_path_through_bind_mount(fake_root: Paths) -> None:
@@ -86,9 +95,10 @@ def test_default_path_through_bind_mount(fake_root: Paths) -> None:
         "31 25 254:2 /dumps/kdump /var/crash rw - ext4 /dev/vda2 rw",
     )
     plan = compile_plan(KdumpConfig(), fake_root, kernel_release=KVER)
-    assert plan.target.mount is not None
-    assert plan.target.mount.mountpoint == "/kdumproot/srv"
-    assert plan.target.path == "/dumps/kdump"
+    mount = fs_target(plan).mount
+    assert mount is not None
+    assert mount.mountpoint == "/kdumproot/srv"
+    assert fs_target(plan).path == "/dumps/kdump"
 
 
 def test_explicit_uuid_target_mounted(fake_root: Paths) -> None:
@@ -97,22 +107,22 @@ def test_explicit_uuid_target_mounted(fake_root: Paths) -> None:
     plan = compile_plan(
         conf(f"ext4 UUID={DUMP_UUID}\npath /crash\n"), fake_root, kernel_release=KVER
     )
-    mount = plan.target.mount
+    mount = fs_target(plan).mount
     assert mount is not None
     assert mount.device == f"/dev/disk/by-uuid/{DUMP_UUID}"
     assert mount.mountpoint == "/kdumproot/dumps"
     assert mount.options == "rw"
-    assert plan.target.path == "/crash"
+    assert fs_target(plan).path == "/crash"
 
 
 def test_explicit_uuid_target_not_mounted(fake_root: Paths, programs: ProgramStub) -> None:
     host(fake_root)
     programs.expect("blkid", stdout="ext4\n")
     plan = compile_plan(conf(f"ext4 UUID={DUMP_UUID}\n"), fake_root, kernel_release=KVER)
-    mount = plan.target.mount
+    mount = fs_target(plan).mount
     assert mount is not None
     assert (mount.mountpoint, mount.options) == ("/kdumproot", "defaults")
-    assert plan.target.path == "/var/crash"
+    assert fs_target(plan).path == "/var/crash"
 
 
 def test_wrong_fstype_names_file_and_line(fake_root: Paths) -> None:

@@ -28,7 +28,7 @@ from kdumpd.contract.plan import (
     SshTarget,
     Target,
 )
-from kdumpd.errors import ConfigError
+from kdumpd.errors import ConfigError, Problem
 from kdumpd.image.dracut import dracut_argv
 from kdumpd.image.needs import image_needs
 from kdumpd.paths import Paths
@@ -159,9 +159,11 @@ def test_raw_plan_uses_the_persistent_name(
     fake_root: Paths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checked: list[str] = []
-    monkeypatch.setattr(
-        raw, "check_raw_device", lambda paths, device, **_: checked.append(device) or []
-    )
+    def check(paths: Paths, device: str, **_: Any) -> list[Problem]:
+        checked.append(device)
+        return []
+
+    monkeypatch.setattr(raw, "check_raw_device", check)
     write(fake_root.under_root("/dev/vdb"), "")
     fake_root.under_root("/dev/disk/by-id").mkdir(parents=True)
     fake_root.under_root("/dev/disk/by-id/virtio-kdumpraw").symlink_to("../../vdb")
@@ -183,8 +185,6 @@ def test_raw_plan_uses_the_persistent_name(
 def test_raw_plan_refuses_what_the_check_refuses(
     fake_root: Paths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kdumpd.errors import Problem
-
     problem = Problem("/etc/kdump.conf", 1, "raw dump target /dev/vdb (/dev/vdb) is mounted at /")
     monkeypatch.setattr(raw, "check_raw_device", lambda *a, **k: [problem])
     config = parse_kdump_conf("raw /dev/vdb\ncore_collector makedumpfile -F -d 31\n").config

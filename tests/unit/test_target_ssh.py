@@ -161,8 +161,8 @@ def test_preflight_gives_up_on_the_network_at_the_bound(programs: ProgramStub) -
     assert caught.value.failure is wire.SshFailure.NETWORK
     assert str(caught.value).startswith(
         "Could not create root@10.0.0.5:/var/crash, ipaddr is not ready yet. "
-        "You should check network connection. Waited 5 s for 10.0.0.5 port 2222 "
-        "(ssh: ssh: connect to host x: Connection refused)."
+        "You should check network connection. Network: cannot reach root@10.0.0.5 port 2222 "
+        "to create /var/crash (ssh: connect to host x: Connection refused; tried for 5 s)"
     )
     assert len(programs.calls) == 6  # at 0, 1, ... 5 s
 
@@ -185,22 +185,23 @@ def test_preflight_treats_a_timeout_as_network(programs: ProgramStub) -> None:
             "mkdir: cannot create directory '/var/crash': Read-only file system",
             wire.SshFailure.PERMISSION,
             "Could not create root@10.0.0.5:/var/crash, you should check the privilege on "
-            "server side. The server said: mkdir: cannot create directory '/var/crash': "
-            "Read-only file system.",
+            "server side. Permission: root@10.0.0.5 could not create /var/crash (mkdir: "
+            "cannot create directory '/var/crash': Read-only file system); root needs write "
+            "access to /var/crash.",
         ),
         (
             255,
             "root@10.0.0.5: Permission denied (publickey).",
             wire.SshFailure.AUTHENTICATION,
             'Could not create root@10.0.0.5:/var/crash, you probably need to run "kdumpctl '
-            'propagate". The server refused the key /root/.ssh/kdump_id_rsa',
+            'propagate". Authentication: root@10.0.0.5 refused the key /root/.ssh/kdump_id_rsa',
         ),
         (
             255,
             "Host key verification failed.",
             wire.SshFailure.HOST_KEY,
             'Could not create root@10.0.0.5:/var/crash, you probably need to run "kdumpctl '
-            'propagate". The host key of [10.0.0.5]:2222 is unknown or changed in '
+            'propagate". Host key: the key of [10.0.0.5]:2222 is unknown or changed in '
             "/root/.ssh/known_hosts",
         ),
     ],

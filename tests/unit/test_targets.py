@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kdumpd.errors import ConfigError
+from kdumpd.mountinfo import parse_mountinfo
 from kdumpd.paths import Paths
 from kdumpd.targets import fs
 from tests.conftest import ProgramStub, write
@@ -47,7 +48,7 @@ def host(paths: Paths, mountinfo: str = MOUNTINFO) -> None:
 
 
 def test_parse_mountinfo_unescapes_and_reads_both_option_sets() -> None:
-    entries = fs.parse_mountinfo(MOUNTINFO)
+    entries = parse_mountinfo(MOUNTINFO)
     bind = entries[-1]
     assert bind.mountpoint == "/mnt/bind dir"
     assert bind.root == "/home/dumps"

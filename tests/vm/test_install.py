@@ -176,7 +176,9 @@ def test_install_to_armed_through_grub(make_guest: Callable[..., Guest], kdumpd_
     timings.update({f"new_kernel_{k}": v for k, v in second.items()})
     record_timings(guest, timings)
 
-    # Removing it (it runs now: linux-base asks first, answered here) removes its image.
+    # Removing it removes its image. It is the running kernel: linux-base's
+    # linux-check-removal does not ask under DEBIAN_FRONTEND=noninteractive, and the
+    # answer is preseeded too so that the step never waits for a prompt.
     guest.ssh(
         "echo 'linux-base linux-base/removing-running-kernel boolean false' "
         "| debconf-set-selections"

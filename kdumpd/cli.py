@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from kdumpd import host, lifecycle, manager
+from kdumpd import host, lifecycle, manager, proc
 from kdumpd.config import load_kdump_conf, load_sysconfig
 from kdumpd.config.sysconfig import SysConfig
 from kdumpd.errors import (
@@ -198,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
         hidden.add_argument("kernel_release")
     hidden = commands.add_parser("_tools-upgraded")
     _add_global_options(hidden, suppress=True)
+    sub = add("dmesg", "print the kernel log of a saved dump (read by kdumpd itself)")
+    sub.add_argument("dump", metavar="DUMP", type=Path, help="a dump file or dump directory")
+    sub = add("dumps", "list the saved dumps, newest first; 'dumps show DUMP' reports one")
+    sub.add_argument("action", nargs="?", choices=("show",), help="show the crash report of DUMP")
+    sub.add_argument("dump", nargs="?", metavar="DUMP", help="dump directory, file or name")
+    sub = add("analyze", "open a dump in crash with its debug kernel, or print a report")
+    sub.add_argument("dump", metavar="DUMP", type=Path, help="a dump file or dump directory")
+    sub.add_argument(
+        "--report",
+        action="store_true",
+        help="print tasks, backtraces and memory (drgn) instead of starting crash",
+    )
+    sub.add_argument(
+        "--vmlinux", metavar="FILE", type=Path, help="the debug kernel (default: searched)"
+    )
     return parser
 
 
@@ -210,6 +225,11 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     status = host.read_status(ctx.paths)
     if not status.operational and status.reason:
         ctx.messages.error(status.reason)
+    client = _daemon(ctx)
+    if client is not None:
+        # a rejected edit leaves kdump armed with the older configuration: say why
+        for line in client.last_error().splitlines():
+            ctx.messages.warn(line)
     verdict = "Kdump is operational" if status.operational else "Kdump is not operational"
     ctx.messages.info(verdict)
     test = _last_test(ctx, status.mode)
@@ -364,8 +384,39 @@ def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
     return ExitCode.OK if not errors else ExitCode.FAILURE
 
 
+def _daemon(ctx: Context) -> Any:
+    """A client of the running kdumpd (kdumpd.daemon.bus.Client), or None to act directly.
+
+    The daemon owns the kexec state while it runs; without it (package scripts,
+    rescue shells) or with ``--root`` kdumpctl does the work itself.
+    """
+    if ctx.paths.root != Path("/"):
+        return None
+    try:
+        from kdumpd.daemon.bus import Client
+    except ImportError:  # no dasbus/gi: there can be no daemon either
+        return None
+    return Client() if Client.daemon_running() else None
+
+
+class DaemonCallFailed(KdumpError):
+    """The daemon ran the use case and it failed; its lines were printed already."""
+
+    reported = True
+
+
 def cmd_manager(ctx: Context, args: argparse.Namespace) -> int:
     """start, stop, restart, reload, rebuild: the use cases of kdumpd.manager."""
+    client = _daemon(ctx)
+    if client is not None:
+        lines, error = client.call(args.command)
+        for line in lines:
+            ctx.messages.info(line)
+        if error is not None:
+            raise DaemonCallFailed(lines[-1] if lines else error)
+        if ctx.json:
+            ctx.emit({"command": args.command, "ok": True})
+        return ExitCode.OK
     MANAGER_COMMANDS[args.command](ctx.paths, ctx.messages)
     if ctx.json:
         ctx.emit({"command": args.command, "ok": True})
@@ -485,6 +536,143 @@ def cmd_test(ctx: Context, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_dmesg(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl dmesg DUMP: the crashed kernel's log, from kdumpd's own reader."""
+    from kdumpd.postcrash.dumps import find_dump
+    from kdumpd.vmcore.dump import open_dump
+    from kdumpd.vmcore.printk import read_kernel_log
+
+    path = find_dump(args.dump)
+    with open_dump(path) as dump:
+        log = read_kernel_log(dump)
+        text = log.text()
+        if ctx.json:
+            ctx.emit(
+                {
+                    "command": "dmesg",
+                    "dump": str(path),
+                    "format": dump.format,
+                    "layout": log.layout,
+                    "records": len(log.records),
+                    "text": text,
+                }
+            )
+            return ExitCode.OK
+    if not dump.complete:
+        ctx.messages.warn(f"{path} is incomplete; the log may be cut short")
+    ctx.stdout.write(text)
+    ctx.stdout.flush()
+    return ExitCode.OK
+
+
+def cmd_dumps(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl dumps [show DUMP]: the saved dumps of this machine, or one crash report."""
+    from kdumpd.postcrash import dumps
+
+    if args.action is None:
+        if args.dump is not None:
+            raise UsageError(
+                f"kdumpctl dumps: unexpected {args.dump!r}; did you mean 'dumps show'?"
+            )
+        found, roots = manager.saved_dumps(ctx.paths, ctx.messages)
+        if ctx.json:
+            ctx.emit({"command": "dumps", "dumps": [d.to_json() for d in found]})
+        else:
+            _render_dump_list(ctx, found, roots)
+        return ExitCode.OK
+    if args.dump is None:
+        raise UsageError("kdumpctl dumps show: name the dump (a directory, file or name)")
+    roots = manager.dump_locations(ctx.paths, ctx.messages)
+    info = dumps.read_dump_dir(_dump_directory(args.dump, roots))
+    if ctx.json:
+        body = info.to_json()
+        body["report"] = info.report.to_json() if info.report else None
+        ctx.emit({"command": "dumps show", "dump": body})
+    else:
+        ctx.stdout.write(dumps.crash_report(info) + "\n")
+    return ExitCode.OK
+
+
+def _dump_directory(name: str, roots: Sequence[Path]) -> Path:
+    from kdumpd.postcrash.dumps import DumpNotFound
+
+    given = Path(name)
+    if given.is_file():
+        return given.parent
+    if given.is_dir():
+        return given
+    for root in roots:
+        if (root / name).is_dir():
+            return root / name
+    raise DumpNotFound(
+        f"{name}: no such dump directory or file (looked in {', '.join(map(str, roots))})"
+    )
+
+
+def _render_dump_list(ctx: Context, found: Sequence[Any], roots: Sequence[Path]) -> None:
+    if not found:
+        ctx.messages.info(f"no dumps in {', '.join(map(str, roots))}")
+        return
+    rows = [("CRASH TIME", "KERNEL", "STATE", "SIZE", "CAUSE", "SAVED BY", "DIRECTORY")]
+    for d in found:
+        rows.append(
+            (
+                d.crash_time.strftime("%Y-%m-%d %H:%M:%S") if d.crash_time else "-",
+                d.kernel_release or "-",
+                "complete" if d.complete else "incomplete",
+                _human_size(d.size),
+                d.cause or "-",
+                d.saved_by,
+                str(d.directory),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        ctx.stdout.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def cmd_analyze(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl analyze DUMP [--report]: crash with the right vmlinux, or a drgn report."""
+    from kdumpd.postcrash import analyze
+    from kdumpd.postcrash.dumps import find_dump
+    from kdumpd.vmcore.dump import open_dump
+
+    path = find_dump(args.dump)
+    with open_dump(path) as dump:
+        release = dump.osrelease
+        build_id = dump.vmcoreinfo.build_id
+        flattened = dump.flattened
+    if args.report and flattened:
+        # libkdumpfile before 0.5.3 (Debian 12 has 0.5.1), under drgn, cannot read streams.
+        raise analyze.AnalysisError(
+            f"{path} is a flattened stream, which drgn here cannot read: rebuild it with "
+            f"'makedumpfile -R {path.parent}/vmcore < {path}' and analyze that file"
+        )
+    debug = analyze.find_debug_kernel(ctx.paths, release, build_id, explicit=args.vmlinux)
+    ctx.messages.info(f"debug kernel: {debug.path} ({debug.how})")
+    if args.report:
+        result = analyze.report(path, debug.path, release or "unknown")
+        if ctx.json:
+            ctx.emit({"command": "analyze", "dump": str(path), "report": result.to_json()})
+        else:
+            ctx.stdout.write(result.to_text())
+        return ExitCode.OK
+    if ctx.json:
+        raise UsageError("kdumpctl analyze: --json needs --report (crash is interactive)")
+    proc.run(analyze.crash_argv(debug.path, path), interactive=True, timeout=None)
+    return ExitCode.OK
+
+
 Command = Callable[[Context, argparse.Namespace], int]
 
 COMMANDS: dict[str, Command] = {
@@ -502,6 +690,9 @@ COMMANDS: dict[str, Command] = {
     "_kernel-installed": cmd_kernel_installed,
     "_kernel-removed": cmd_kernel_removed,
     "_tools-upgraded": cmd_tools_upgraded,
+    "dmesg": cmd_dmesg,
+    "dumps": cmd_dumps,
+    "analyze": cmd_analyze,
 }
 
 

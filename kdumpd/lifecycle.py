@@ -381,7 +381,7 @@ def run_test(
             f"cannot record the test in {bootloader.shown(paths, test_status_path(paths))}: "
             f"{exc.strerror}; run kdumpctl test as root"
         ) from exc
-    manager.reload(paths, messages, cmdline_append=f"kdump_test_id={test_id}")
+    manager.reload_with_append(paths, messages, f"kdump_test_id={test_id}")
     messages.info(f"kdump test {test_id}: crashing the system now")
     # Whatever is in page cache reaches the disk first: the status file says a test ran.
     os.sync()

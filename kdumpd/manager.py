@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kdumpd import cmdline as capture_cmdline
 from kdumpd import crashkernel, host, kexec, targets
@@ -40,7 +40,8 @@ from kdumpd.image import build, manifest
 from kdumpd.messages import Messages
 from kdumpd.paths import Paths
 from kdumpd.planner import compile_full
-from kdumpd.postcrash import raw_import
+from kdumpd.postcrash import dumps, raw_import
+from kdumpd.postcrash.dumps import DumpInfo
 from kdumpd.targets import ssh
 
 STARTING_OK = "Starting kdump: [OK]"
@@ -110,6 +111,69 @@ class Arming:
             kexec_args=str(data["kexec_args"]),
             secure_boot=bool(data["secure_boot"]),
         )
+
+
+class Loader(Protocol):
+    """Puts a capture kernel into the kernel and takes it out again."""
+
+    def load(self, paths: Paths, messages: Messages, arming: Arming) -> None: ...
+    def unload(
+        self, paths: Paths, messages: Messages, *, kexec_args: str, secure_boot: bool
+    ) -> None: ...
+
+
+class KexecLoader:
+    """The running kernel's kexec state, through ``kexec -p`` (kdumpd.kexec)."""
+
+    def load(self, paths: Paths, messages: Messages, arming: Arming) -> None:
+        kexec.load(
+            kernel=arming.kernel,
+            initrd=arming.initrd,
+            cmdline=arming.cmdline,
+            kexec_args=arming.kexec_args,
+            secure_boot=arming.secure_boot,
+            messages=messages,
+            lockdown=kexec.lockdown_mode(paths),
+        )
+
+    def unload(
+        self, paths: Paths, messages: Messages, *, kexec_args: str, secure_boot: bool
+    ) -> None:
+        kexec.unload(
+            kexec_args=kexec_args,
+            secure_boot=secure_boot,
+            messages=messages,
+            lockdown=kexec.lockdown_mode(paths),
+        )
+
+
+class TreeLoader:
+    """A rehearsal loader for ``kdumpd --root DIR``: the tree's sysfs file moves, not the kernel.
+
+    The daemon run against a tree (tests, dry runs) must never touch the running
+    kernel's kexec state, so "loading" writes 1 to the tree's
+    ``/sys/kernel/kexec_crash_loaded`` (as the kernel would) after checking
+    that the kernel and initrd exist, and says that it rehearsed.
+    """
+
+    def load(self, paths: Paths, messages: Messages, arming: Arming) -> None:
+        for part in (arming.kernel, arming.initrd):
+            if not part.is_file():
+                raise kexec.KexecError(f"{kexec.LOAD_FAILED}\ncannot read {part}")
+        paths.kexec_crash_loaded.parent.mkdir(parents=True, exist_ok=True)
+        paths.kexec_crash_loaded.write_text("1\n")
+        messages.info(f"{kexec.LOADED} (in the tree {paths.root}; the running kernel is untouched)")
+
+    def unload(
+        self, paths: Paths, messages: Messages, *, kexec_args: str, secure_boot: bool
+    ) -> None:
+        del kexec_args, secure_boot
+        if paths.kexec_crash_loaded.exists():
+            paths.kexec_crash_loaded.write_text("0\n")
+        messages.info(f"{kexec.UNLOADED} (in the tree {paths.root})")
+
+
+KEXEC = KexecLoader()
 
 
 # -- single instance --------------------------------------------------------
@@ -253,16 +317,17 @@ def prepare(
     )
 
 
-def import_pending_raw_dump(paths: Paths, messages: Messages) -> None:
+def import_pending_raw_dump(paths: Paths, messages: Messages) -> raw_import.RawImport | None:
     """Bring a dump home from a raw target before anything may overwrite it (§5.6).
 
     Raises (and so fails the start) when a pending dump cannot be saved: the
     device holds its only copy, and arming would let the next crash destroy it.
+    Returns what was imported, or None.
     """
     config = load_kdump_conf(paths).config
     if config.target is None or config.target.kind != "raw":
-        return
-    raw_import.import_raw_dump(
+        return None
+    return raw_import.import_raw_dump(
         paths,
         config.target.value,
         messages=messages,
@@ -298,26 +363,15 @@ def _read_record(paths: Paths) -> Arming | None:
         return None
 
 
-def _load(paths: Paths, messages: Messages, arming: Arming) -> None:
-    kexec.load(
-        kernel=arming.kernel,
-        initrd=arming.initrd,
-        cmdline=arming.cmdline,
-        kexec_args=arming.kexec_args,
-        secure_boot=arming.secure_boot,
-        messages=messages,
-        lockdown=kexec.lockdown_mode(paths),
-    )
+def _load(paths: Paths, messages: Messages, arming: Arming, loader: Loader) -> None:
+    loader.load(paths, messages, arming)
     _write_record(paths, arming)
 
 
-def _unload(paths: Paths, messages: Messages, *, kexec_args: str, secure_boot: bool) -> None:
-    kexec.unload(
-        kexec_args=kexec_args,
-        secure_boot=secure_boot,
-        messages=messages,
-        lockdown=kexec.lockdown_mode(paths),
-    )
+def _unload(
+    paths: Paths, messages: Messages, loader: Loader, *, kexec_args: str, secure_boot: bool
+) -> None:
+    loader.unload(paths, messages, kexec_args=kexec_args, secure_boot=secure_boot)
     with contextlib.suppress(FileNotFoundError):
         _record_path(paths).unlink()
 
@@ -355,13 +409,13 @@ def _keep_old_note(paths: Paths, messages: Messages) -> None:
 # -- use cases ------------------------------------------------------------
 
 
-def start(paths: Paths, messages: Messages) -> None:
+def start(paths: Paths, messages: Messages, *, loader: Loader = KEXEC) -> None:
     """Arm kdump (§3.3): check, validate, rebuild the image if needed, load."""
     with instance_lock(paths, messages):
-        _start(paths, messages)
+        _start(paths, messages, loader)
 
 
-def _start(paths: Paths, messages: Messages) -> None:
+def _start(paths: Paths, messages: Messages, loader: Loader) -> None:
     try:
         check_feasible(paths)
         import_pending_raw_dump(paths, messages)
@@ -372,49 +426,91 @@ def _start(paths: Paths, messages: Messages) -> None:
             messages.warn(ALREADY_RUNNING)
             return
         arming = prepare(paths, messages, image="auto")
-        _load(paths, messages, arming)
+        _load(paths, messages, arming, loader)
     except KdumpError as exc:
         raise _fail(messages, exc, STARTING_FAILED) from exc
     messages.info(STARTING_OK)
 
 
-def stop(paths: Paths, messages: Messages) -> None:
+def stop(paths: Paths, messages: Messages, *, loader: Loader = KEXEC) -> None:
     """Disarm kdump (§3.4): ``kexec [-s] -p -u``."""
     with instance_lock(paths, messages):
-        _stop(paths, messages)
+        _stop(paths, messages, loader)
 
 
-def _stop(paths: Paths, messages: Messages) -> None:
+def _stop(paths: Paths, messages: Messages, loader: Loader) -> None:
     kexec_args, secure_boot = _unload_settings(paths)
     try:
-        _unload(paths, messages, kexec_args=kexec_args, secure_boot=secure_boot)
+        _unload(paths, messages, loader, kexec_args=kexec_args, secure_boot=secure_boot)
     except KdumpError as exc:
         raise _fail(messages, exc, STOPPING_FAILED) from exc
     messages.info(STOPPING_OK)
 
 
-def restart(paths: Paths, messages: Messages) -> None:
+def restart(paths: Paths, messages: Messages, *, loader: Loader = KEXEC) -> None:
     """Re-arm with the current configuration, rebuilding the image when needed (§3.6).
 
     Unlike kdumpctl (stop, then start), everything that can fail on a bad
     configuration runs before the old kernel is unloaded.
     """
     with instance_lock(paths, messages):
-        _replace(paths, messages, image="auto")
+        _replace(paths, messages, loader, image="auto")
 
 
-def reload(paths: Paths, messages: Messages, *, cmdline_append: str = "") -> None:
-    """Re-load kernel and image without rebuilding (§3.7), after validating the configuration.
-
-    ``cmdline_append`` goes on the capture command line of this load only.
-    """
+def reload(paths: Paths, messages: Messages, *, loader: Loader = KEXEC) -> None:
+    """Re-load kernel and image without rebuilding (§3.7), after validating the configuration."""
     with instance_lock(paths, messages):
         if not host.crash_loaded(paths):
             messages.warn(NOT_RUNNING)
-        _replace(paths, messages, image="keep", cmdline_append=cmdline_append)
+        _replace(paths, messages, loader, image="keep")
 
 
-def _replace(paths: Paths, messages: Messages, *, image: str, cmdline_append: str = "") -> None:
+def reload_with_append(
+    paths: Paths, messages: Messages, cmdline_append: str, *, loader: Loader = KEXEC
+) -> None:
+    """reload, with ``cmdline_append`` on the capture command line of this load only
+    (kdumpctl test's ``kdump_test_id=``)."""
+    with instance_lock(paths, messages):
+        _replace(paths, messages, loader, image="keep", cmdline_append=cmdline_append)
+
+
+def reload_loaded(paths: Paths, messages: Messages, *, loader: Loader = KEXEC) -> None:
+    """Load again exactly the capture kernel that is loaded (after CPU/memory hotplug).
+
+    The kernel computes the crash headers (the memory map the capture kernel
+    dumps) when the image is loaded, so a hot-added block is only covered after
+    a new load. Nothing of the configuration changed: the record of the last
+    load is reused, so a kdump.conf broken meanwhile does not stand in the way.
+    """
+    with instance_lock(paths, messages):
+        previous = _read_record(paths)
+        if previous is None or not (previous.kernel.exists() and previous.initrd.exists()):
+            raise _fail(
+                messages,
+                KdumpError("no record of the loaded capture kernel; run kdumpctl restart"),
+                STARTING_FAILED,
+            )
+        try:
+            _unload(
+                paths,
+                messages,
+                loader,
+                kexec_args=previous.kexec_args,
+                secure_boot=previous.secure_boot,
+            )
+        except KdumpError as exc:
+            raise _fail(messages, exc, STOPPING_FAILED) from exc
+        messages.info(STOPPING_OK)
+        try:
+            _load(paths, messages, previous, loader)
+        except KdumpError as exc:
+            raise _fail(messages, exc, STARTING_FAILED) from exc
+        messages.info(STARTING_OK)
+
+
+def _replace(
+    paths: Paths, messages: Messages, loader: Loader, *, image: str, cmdline_append: str = ""
+) -> None:
     try:
         check_feasible(paths)
         import_pending_raw_dump(paths, messages)
@@ -426,27 +522,29 @@ def _replace(paths: Paths, messages: Messages, *, image: str, cmdline_append: st
 
     previous = _read_record(paths)
     try:
-        _unload(paths, messages, kexec_args=arming.kexec_args, secure_boot=arming.secure_boot)
+        _unload(
+            paths, messages, loader, kexec_args=arming.kexec_args, secure_boot=arming.secure_boot
+        )
     except KdumpError as exc:
         raise _fail(messages, exc, STOPPING_FAILED) from exc
     messages.info(STOPPING_OK)
 
     try:
-        _load(paths, messages, arming)
+        _load(paths, messages, arming, loader)
     except KdumpError as exc:
         failed = _fail(messages, exc, STARTING_FAILED)
-        _restore(paths, messages, previous)
+        _restore(paths, messages, previous, loader)
         raise failed from exc
     messages.info(STARTING_OK)
 
 
-def _restore(paths: Paths, messages: Messages, previous: Arming | None) -> None:
+def _restore(paths: Paths, messages: Messages, previous: Arming | None, loader: Loader) -> None:
     """After a failed load, put back what was loaded before, if we know and still have it."""
     if previous is None or not (previous.kernel.exists() and previous.initrd.exists()):
         messages.error("kdump is not operational: no previous capture kernel to put back")
         return
     try:
-        _load(paths, messages, previous)
+        _load(paths, messages, previous, loader)
     except KdumpError as exc:
         messages.error(f"putting back the previous capture kernel failed too:\n{exc}")
         return
@@ -595,19 +693,81 @@ def propagate(paths: Paths, messages: Messages) -> Path:
     return ssh.propagate(config, paths, messages)
 
 
+@dataclass(frozen=True)
+class Overview:
+    """What the daemon publishes besides its state: target, memory, image."""
+
+    target: str
+    reserved_bytes: int
+    image: Path | None
+    image_mtime: float
+
+
+def overview(paths: Paths) -> Overview:
+    """Read target, reservation and the capture image loaded last; never raises on a broken file."""
+    target = ""
+    try:
+        config = load_kdump_conf(paths).config
+    except KdumpError:
+        config = None
+    if config is not None:
+        where = config.target.value if config.target is not None else "root filesystem"
+        target = f"{config.path} on {where}"
+    image: Path | None = None
+    mtime = 0.0
+    with contextlib.suppress(OSError):
+        images = sorted(
+            paths.state_dir.glob("initramfs-*kdump.img"), key=lambda p: p.stat().st_mtime
+        )
+        if images:
+            image = images[-1]
+            mtime = image.stat().st_mtime
+    record = _read_record(paths)
+    if record is not None and record.initrd.is_file():
+        image = record.initrd
+        mtime = record.initrd.stat().st_mtime
+    return Overview(
+        target=target,
+        reserved_bytes=host.crash_size_bytes(paths),
+        image=image,
+        image_mtime=mtime,
+    )
+
+
 __all__ = [
     "ArmingFailed",
     "EstimateReport",
+    "KexecLoader",
+    "Loader",
     "NotFeasible",
+    "Overview",
+    "TreeLoader",
     "check_config",
     "default_crashkernel",
     "estimate",
     "instance_lock",
+    "overview",
     "prepare",
     "propagate",
     "rebuild",
     "reload",
+    "reload_loaded",
     "restart",
     "start",
     "stop",
 ]
+
+
+def dump_locations(paths: Paths, messages: Messages) -> list[Path]:
+    """Where the configured target's dumps are on this machine (notes on targets
+    elsewhere go to messages)."""
+    roots, notes = dumps.dump_roots(paths, load_kdump_conf(paths).config)
+    for note in notes:
+        messages.info(note)
+    return roots
+
+
+def saved_dumps(paths: Paths, messages: Messages) -> tuple[list[DumpInfo], list[Path]]:
+    """kdumpctl dumps: the dumps this machine sees, newest first, and where it looked."""
+    roots = dump_locations(paths, messages)
+    return dumps.read_dump_dirs(roots), roots

@@ -148,6 +148,16 @@ class Paths:
         return self.under_root("/proc/device-tree")
 
     @property
+    def sys_cpu(self) -> Path:
+        """CPU hotplug state; ``crash_hotplug`` here says the kernel updates kdump itself."""
+        return self.under_root("/sys/devices/system/cpu")
+
+    @property
+    def sys_memory(self) -> Path:
+        """Memory blocks; ``crash_hotplug`` here says the kernel updates kdump itself."""
+        return self.under_root("/sys/devices/system/memory")
+
+    @property
     def sys_platform(self) -> Path:
         return self.under_root("/sys/devices/platform")
 

@@ -130,4 +130,3 @@ def compile_full(config: KdumpConfig, paths: Paths, *, kernel_release: str) -> C
     return CompiledPlan(
         plan=plan, warnings=tuple(warnings), devices=tuple(devices), dracut_modules=tuple(stack)
     )
-

@@ -14,6 +14,10 @@ packages=(
     python3 python3-venv python3-gi python3-dasbus python3-systemd python3-pyudev python3-jinja2
     # the tools kdumpd wraps
     kexec-tools makedumpfile dracut-core cpio zstd e2fsprogs
+    # vmcore reader tests: page encoders (the reader itself is stdlib only; zstd optional)
+    python3-lzo python3-snappy python3-zstandard
+    # kdumpctl analyze --report on the VM scenario's dump (crash: analyze without --report)
+    python3-drgn crash
     # integration tests: real processes
     dbus openssh-server openssh-client
     # VM harness and the Debian package

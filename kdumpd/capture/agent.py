@@ -35,6 +35,7 @@ from kdumpd.capture.base import FileSink, Sink, StreamSink
 from kdumpd.capture.collector import (
     CopyError,
     collector_argv,
+    collector_warnings,
     is_makedumpfile,
     sparse_copy,
 )
@@ -55,9 +56,15 @@ from kdumpd.contract.layout import (
 from kdumpd.contract.plan import CapturePlan, FsTarget, Target
 from kdumpd.errors import KdumpError, TargetError
 from kdumpd.paths import Paths
+from kdumpd.vmcore.dump import open_dump
 from kdumpd.vmcore.elf import read_core
+from kdumpd.vmcore.printk import read_kernel_log
 
 _ENOSPC_TEXT = "No space left on device"
+#: metadata "dmesg.tool" when kdumpd read the kernel log itself (vmcore-dmesg and
+#: makedumpfile --dump-dmesg both failed).
+OWN_DMESG_TOOL = "kdumpd"
+_KEPT_COLLECTOR_OUTPUT = 64 * 1024
 
 SinkFactory = Callable[[Target], Sink]
 
@@ -315,7 +322,39 @@ def _save_dmesg(ctx: CaptureContext, sink: FileSink, record: DumpRecord) -> None
             step.update(ok=True, tool=name)
             record.data["dmesg"] = {"file": DMESG, "tool": name}
             return
+        # Both tools lag new kernels; our own reader of the printk buffer is the last resort.
+        try:
+            text = _own_dmesg(ctx.vmcore)
+            with out.open("w", encoding="utf-8", errors="replace") as f:
+                f.write(text)
+        except (KdumpError, OSError) as exc:
+            ctx.log.info(f"kdumpd's own kernel log reader failed: {exc}")
+        else:
+            sink.finish_file(DMESG_INCOMPLETE, DMESG)
+            ctx.log.info(f"saved {DMESG} with kdumpd's own kernel log reader")
+            step.update(ok=True, tool=OWN_DMESG_TOOL)
+            record.data["dmesg"] = {"file": DMESG, "tool": OWN_DMESG_TOOL}
+            return
         record.data["dmesg"] = {"file": DMESG_INCOMPLETE, "tool": None}
+
+
+def _stream_own_dmesg(
+    ctx: CaptureContext, sink: StreamSink, record: DumpRecord, step: dict[str, Any]
+) -> None:
+    """vmcore-dmesg failed on a stream target that keeps files: send our reader's log."""
+    try:
+        sink.write_small_file(DMESG, _own_dmesg(ctx.vmcore).encode())
+    except (KdumpError, OSError) as exc:
+        ctx.log.info(f"kdumpd's own kernel log reader failed: {exc}")
+        return
+    ctx.log.info(f"saved {DMESG} with kdumpd's own kernel log reader")
+    step.update(ok=True, tool=OWN_DMESG_TOOL)
+    record.data["dmesg"] = {"file": DMESG, "tool": OWN_DMESG_TOOL}
+
+
+def _own_dmesg(vmcore: Path) -> str:
+    with open_dump(vmcore) as dump:
+        return read_kernel_log(dump).text()
 
 
 def _save_vmcore(ctx: CaptureContext, sink: FileSink, record: DumpRecord) -> None:
@@ -336,9 +375,11 @@ def _save_vmcore(ctx: CaptureContext, sink: FileSink, record: DumpRecord) -> Non
             result = proc.run(argv, timeout=None, on_output=ctx.log.passthrough)
             ctx.log.keep(result.stdout + result.stderr, argv[0])
             collector["returncode"] = result.returncode
+            collector["warnings"] = collector_warnings(result.stdout + result.stderr)
             step["ok"] = True
         except proc.ProgramError as exc:
             ctx.log.keep(exc.stdout + exc.stderr, argv[0])
+            collector["warnings"] = collector_warnings(exc.stdout + exc.stderr)
             collector.update(returncode=exc.returncode, error=str(exc))
             failure: proc.ProgramError | None = exc
         else:
@@ -376,6 +417,7 @@ def _save_streams(ctx: CaptureContext, sink: StreamSink, record: DumpRecord) -> 
             except (proc.ProgramError, TargetError) as exc:
                 ctx.log.info(f"vmcore-dmesg failed: {exc}")
                 record.data["dmesg"] = {"file": DMESG_INCOMPLETE, "tool": None}
+                _stream_own_dmesg(ctx, sink, record, step)
             else:
                 ctx.log.info(f"saved {DMESG} with vmcore-dmesg")
                 step.update(ok=True, tool="vmcore-dmesg")
@@ -389,18 +431,28 @@ def _save_streams(ctx: CaptureContext, sink: StreamSink, record: DumpRecord) -> 
     record.data["collector"] = collector
     record.data["fallback"] = {"used": False, "reason": "no fallback for stream targets"}
     ctx.log.info(f"saving vmcore: {' '.join(argv)} > {sink.location}")
+    # The collector's messages only pass through to the console here: keep a bounded
+    # copy to find its warnings (the kernel-version line).
+    seen = bytearray()
+
+    def output(chunk: bytes) -> None:
+        if len(seen) < _KEPT_COLLECTOR_OUTPUT:
+            seen.extend(chunk[: _KEPT_COLLECTOR_OUTPUT - len(seen)])
+        ctx.log.passthrough(chunk)
+
     with record.step("collector") as step:
         try:
-            sink.save_stream(
-                argv, VMCORE_INCOMPLETE, sink.vmcore_name, on_output=ctx.log.passthrough
-            )
+            sink.save_stream(argv, VMCORE_INCOMPLETE, sink.vmcore_name, on_output=output)
         except proc.ProgramError as exc:
             ctx.log.keep(exc.stdout + exc.stderr, argv[0])
             collector.update(returncode=exc.returncode, error=str(exc))
+            collector["warnings"] = collector_warnings(exc.stdout + exc.stderr)
             raise
         except TargetError as exc:
             collector["error"] = str(exc)
             raise
+        finally:
+            collector.setdefault("warnings", collector_warnings(seen.decode(errors="replace")))
         collector["returncode"] = 0
         step["ok"] = True
     record.data["vmcore"] = {"file": sink.vmcore_name or None, "location": sink.location}

@@ -144,3 +144,22 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> int:
     while done < len(data):
         done += os.pwrite(fd, data[done:], offset + done)
     return done
+
+
+# What makedumpfile says when it does not know the crashed kernel (1.7.2 on 6.1:
+# "The kernel version is not supported." then "The makedumpfile operation may be
+# incomplete."), and any line it marks as a warning.
+_WARNING_MARKERS = ("warning", "not supported", "may be incomplete")
+_MAX_WARNINGS = 20
+
+
+def collector_warnings(output: str) -> list[str]:
+    """The collector's warning lines, in order, each once (progress lines left out)."""
+    found: list[str] = []
+    for raw in output.splitlines():
+        line = raw.rsplit("\r", 1)[-1].strip()
+        if line and any(m in line.lower() for m in _WARNING_MARKERS) and line not in found:
+            found.append(line)
+            if len(found) >= _MAX_WARNINGS:
+                break
+    return found

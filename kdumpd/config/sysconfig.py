@@ -78,7 +78,12 @@ VARIABLES: dict[str, str] = {
     "KDUMP_STDLOGLVL": "stdloglvl",
     "KDUMP_SYSLOGLVL": "sysloglvl",
     "KDUMP_KMSGLOGLVL": "kmsgloglvl",
+    # retention of saved dumps (kdumpd; KDUMP_NUM_DUMPS is Debian kdump-tools' name)
+    "KDUMPD_KEEP_DUMPS": "keep_dumps",
+    "KDUMP_NUM_DUMPS": "keep_dumps",
+    "KDUMPD_KEEP_BYTES": "keep_bytes",
 }
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _LOG_LEVELS = range(0, 5)
 
 
@@ -104,6 +109,9 @@ class SysConfig:
     stdloglvl: int = 3
     sysloglvl: int = 0
     kmsgloglvl: int = 0
+    #: dumps to keep after a new one (0: all); bytes all dumps may use (0: no limit)
+    keep_dumps: int = 0
+    keep_bytes: int = 0
     source: str | None = None
 
 
@@ -385,6 +393,19 @@ def _apply(
                 )
                 continue
             changes[attribute] = int(text)
+        elif attribute in ("keep_dumps", "keep_bytes"):
+            number = _retention_value(item.value, sizes=attribute == "keep_bytes")
+            if number is None:
+                what = "a size such as 20G" if attribute == "keep_bytes" else "a whole number"
+                errors.append(
+                    Problem(
+                        source,
+                        item.line,
+                        f"{item.name} must be {what} (0 for no limit), not {item.value!r}",
+                    )
+                )
+                continue
+            changes[attribute] = number
         else:
             changes[attribute] = item.value
     return replace(base, source=source, **changes), errors, warnings  # type: ignore[arg-type]
@@ -397,6 +418,16 @@ def variables_files(paths: Paths) -> list[tuple[Path, str]]:
     """
     candidates = [(paths.sysconfig_kdump, SYSCONFIG_KDUMP), (paths.default_kdump, DEFAULT_KDUMP)]
     return [(location, shown) for location, shown in candidates if location.is_file()]
+
+
+def _retention_value(text: str, *, sizes: bool) -> int | None:
+    """A count, or with ``sizes`` a byte size with an optional K/M/G/T suffix; None if neither."""
+    value = text.strip().upper().removesuffix("B") if sizes else text.strip()
+    suffix = value[-1:] if sizes and value[-1:] in _SIZE_SUFFIXES else ""
+    digits = value[: len(value) - len(suffix)]
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(digits) * _SIZE_SUFFIXES[suffix]
 
 
 def load_sysconfig(paths: Paths, arch: str) -> tuple[SysConfig, tuple[Problem, ...]]:

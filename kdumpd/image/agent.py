@@ -56,7 +56,13 @@ AGENT_FILES: tuple[str, ...] = (
     "kdumpd/paths.py",
     "kdumpd/proc.py",
     "kdumpd/vmcore/__init__.py",
+    "kdumpd/vmcore/dump.py",
     "kdumpd/vmcore/elf.py",
+    "kdumpd/vmcore/flattened.py",
+    "kdumpd/vmcore/kdump.py",
+    "kdumpd/vmcore/pagecodecs.py",
+    "kdumpd/vmcore/printk.py",
+    "kdumpd/vmcore/vmcoreinfo.py",
 )
 #: Programs the agent runs besides the collector and vmcore-dmesg.
 AGENT_PROGRAMS: tuple[str, ...] = ("mount", "umount", "sync", "dmesg", "sh")

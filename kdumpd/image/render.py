@@ -11,9 +11,10 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
+if TYPE_CHECKING:
+    import jinja2
 
 from kdumpd.contract.plan import PLAN_PATH_IN_IMAGE, MountSpec
 from kdumpd.image.agent import AGENT_DIR_IN_IMAGE, AGENT_PROGRAMS, TARGET_PYTHON
@@ -88,6 +89,8 @@ def unit_path(value: object) -> UnitQuoted:
 
 
 def _word(value: object) -> str:
+    import jinja2  # loaded already: only a render calls this
+
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()  # StrictUndefined: name the missing variable
     if value is None or isinstance(value, bool):
@@ -125,6 +128,10 @@ def template_environment(template_dir: Path, dialect: str = ".sh") -> jinja2.Env
         if isinstance(value, allowed):
             return value
         raise ValueError(f"template printed {value!r} without the {name} filter")
+
+    # Imported here: jinja2 costs the long-running daemon about 3 MB of RSS, and
+    # only an image build renders templates.
+    import jinja2
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),

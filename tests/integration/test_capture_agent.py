@@ -71,6 +71,7 @@ def test_cli_saves_a_dump_with_real_makedumpfile(tmp_path: Path) -> None:
     assert meta["result"] == "success"
     assert meta["fallback"]["used"] is False
     assert meta["collector"]["returncode"] == 0
+    assert "The kernel version is not supported." in meta["collector"]["warnings"]
     assert meta["crash_time"].startswith("2023-11-14")
     assert "Copying data" in done.stderr  # makedumpfile's own progress reached the console
 

@@ -97,7 +97,11 @@ def test_files_at_their_places(deb: Path) -> None:
     files = _files(deb)
     for path in (
         "/usr/bin/kdumpctl",
-        "/lib/systemd/system/kdumpd.service",
+        "/usr/bin/kdumpd",
+        "/lib/systemd/system/kdump.service",
+        "/usr/lib/systemd/catalog/kdumpd.catalog",
+        "/usr/share/dbus-1/system.d/org.kdumpd1.conf",
+        "/usr/share/dbus-1/interfaces/org.kdumpd1.Manager.xml",
         "/etc/kdump.conf",
         "/etc/default/kdump",
         "/usr/lib/python3/dist-packages/kdumpd/__init__.py",
@@ -106,6 +110,8 @@ def test_files_at_their_places(deb: Path) -> None:
     ):
         assert path in files, path
     assert files["/usr/bin/kdumpctl"].startswith("-rwxr-xr-x")
+    # kdumpd.service resolves whether or not the unit is enabled (clients.md R1)
+    assert files["/lib/systemd/system/kdumpd.service"].startswith("l")
     for directory in (
         "/var/crash",
         "/var/lib/kdumpd",
@@ -144,9 +150,9 @@ def test_configuration_files_are_conffiles(deb: Path) -> None:
 def test_unit_is_enabled_and_upgrades_do_not_disarm(deb: Path) -> None:
     postinst = _dpkg_deb("--info", str(deb), "postinst")
     prerm = _dpkg_deb("--info", str(deb), "prerm")
-    assert "deb-systemd-helper enable 'kdumpd.service'" in postinst
+    assert "deb-systemd-helper enable 'kdump.service'" in postinst
     assert "kdumpctl restart" in postinst
     # --no-stop-on-upgrade: prerm stops the unit on removal only
-    assert "deb-systemd-invoke stop 'kdumpd.service'" in prerm
+    assert "deb-systemd-invoke stop 'kdump.service'" in prerm
     assert '"$1" = remove' in prerm or "remove" in prerm
     assert "upgrade" not in prerm.split("deb-systemd-invoke stop")[0].splitlines()[-2]

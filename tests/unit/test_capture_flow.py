@@ -292,3 +292,37 @@ def test_dump_dir_name_matches_kdump_utils() -> None:
     assert (
         dump_dir_name("10.0.0.5", datetime(2024, 1, 2, 3, 4, 5)) == "10.0.0.5-2024-01-02-03:04:05"
     )
+
+
+def test_both_dmesg_tools_failing_falls_back_to_kdumpd_reader(
+    fake_root: Paths, programs: ProgramStub, vmcore: Path
+) -> None:
+    programs.expect("vmcore-dmesg", returncode=1, stderr="unknown kernel")
+    programs.expect("makedumpfile", returncode=1, stderr="The kernel version is not supported.")
+
+    def collector(argv: Sequence[str]) -> proc.Completed:
+        Path(argv[-1]).write_bytes(b"KDUMP   data")
+        out = (
+            "The kernel version is not supported.\n"
+            "The makedumpfile operation may be incomplete.\n"
+        )
+        return proc.Completed(tuple(argv), 0, out, "")
+
+    programs.answers["makedumpfile"].append(collector)
+    assert Agent(fake_root, vmcore, make_plan()).run() == 0
+    d = dump_dir(fake_root)
+    text = (d / "vmcore-dmesg.txt").read_text()
+    assert text.endswith("] Kernel panic - not syncing: sysrq triggered crash\n")
+    meta = json.loads((d / "kdumpd-metadata.json").read_text())
+    assert meta["dmesg"]["tool"] == "kdumpd"
+    assert meta["collector"]["warnings"] == [
+        "The kernel version is not supported.",
+        "The makedumpfile operation may be incomplete.",
+    ]
+
+
+def test_collector_warnings_skip_progress_and_repeat() -> None:
+    from kdumpd.capture.collector import collector_warnings
+
+    out = "Copying data : [ 10.0 %]\rCopying data : [100.0 %]\nWARNING: x\nWARNING: x\nok\n"
+    assert collector_warnings(out) == ["WARNING: x"]

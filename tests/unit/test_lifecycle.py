@@ -306,7 +306,9 @@ def test_test_records_the_id_reloads_with_it_and_crashes(
 ) -> None:
     reloads: list[str] = []
     monkeypatch.setattr(
-        manager, "reload", lambda paths, messages, cmdline_append: reloads.append(cmdline_append)
+        manager,
+        "reload_with_append",
+        lambda paths, messages, cmdline_append: reloads.append(cmdline_append),
     )
     test_id = lifecycle.run_test(
         armed,

@@ -159,6 +159,7 @@ def test_raw_plan_uses_the_persistent_name(
     fake_root: Paths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checked: list[str] = []
+
     def check(paths: Paths, device: str, **_: Any) -> list[Problem]:
         checked.append(device)
         return []
@@ -363,3 +364,25 @@ def test_raw_capture_writes_the_stream_to_the_device_and_nothing_else(
     data = fake_root.under_root(device).read_bytes()
     assert data.startswith(b"makedumpfile\0\0\0\0stream")
     assert not fake_root.var_crash.exists()
+
+
+def test_ssh_capture_sends_kdumpd_log_when_vmcore_dmesg_fails(
+    fake_root: Paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vmcore = generate_core(tmp_path / "vmcore", CoreSpec(data_pages=2)).path
+    route = json.dumps([{"dst": "192.0.2.7", "prefsrc": "10.0.2.15", "dev": "ens3"}])
+    recorder = Recorder(
+        {
+            "ip": lambda a, k: done(a, out=route),
+            "ssh": lambda a, k: done(a),
+            "vmcore-dmesg": lambda a, k: done(a, 1, err="unsupported kernel"),
+            "makedumpfile": lambda a, k: done(a),
+        }
+    )
+    monkeypatch.setattr(proc, "runner", recorder)
+    plan = CapturePlan(KVER, SSH_TARGET, ("makedumpfile", "-l", "-d", "31"))
+    assert run_capture(context(fake_root, vmcore, plan, [])) == 0
+    sent = next(k["input"] for a, k in recorder.calls if ".vmcore-dmesg.txt.incomplete" in a[-1])
+    assert sent.endswith("] Kernel panic - not syncing: sysrq triggered crash\n")
+    meta = next(k["input"] for a, k in recorder.calls if "kdumpd-metadata" in a[-1])
+    assert json.loads(meta)["dmesg"] == {"file": "vmcore-dmesg.txt", "tool": "kdumpd"}

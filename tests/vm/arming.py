@@ -11,7 +11,7 @@ from harness import Guest
 
 def unit_log(guest: Guest) -> str:
     """The kdumpd unit's journal of this boot, for failure messages."""
-    return guest.ssh("journalctl -b -u kdumpd --no-pager | tail -n 80", check=False).stdout
+    return guest.ssh("journalctl -b -u kdump.service --no-pager | tail -n 80", check=False).stdout
 
 
 def arm_with_config(guest: Guest, deb: str, conf: str) -> None:

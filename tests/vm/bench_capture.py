@@ -244,7 +244,9 @@ def wait_armed(guest: Guest, timeout: float) -> tuple[bool, str]:
         if state == "failed":
             break
         time.sleep(3)
-    status = guest.ssh("kdumpctl status; journalctl -b -u kdumpd --no-pager | tail -5", check=False)
+    status = guest.ssh(
+        "kdumpctl status; journalctl -b -u kdump.service --no-pager | tail -5", check=False
+    )
     return False, (status.stdout + status.stderr).strip().replace("\n", " | ")[-300:]
 
 

@@ -111,6 +111,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(scope="session")
+def debug_vmlinux(guest_image: GuestImage, pytestconfig: pytest.Config) -> Path:
+    """The guest kernel's debug vmlinux (from linux-image-<release>-dbg), cached."""
+    from debug_kernel import debug_vmlinux as fetch
+
+    _progress(pytestconfig)(f"debug kernel for {guest_image.kernel_release} (cached after once)")
+    return fetch(guest_image.kernel_release)
+
+
+@pytest.fixture(scope="session")
 def kdumpd_deb(pytestconfig: pytest.Config) -> str:
     """The kdumpd .deb built from this tree (tools/build-deb.sh), once per session."""
     prebuilt = os.environ.get("KDUMPD_DEB")

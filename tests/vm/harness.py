@@ -23,6 +23,7 @@ printing the ssh command to reach it.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shlex
@@ -30,6 +31,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +54,8 @@ KVM_PROBE_SECONDS = 30.0
 # (The printk time stamp, when on, precedes it; journald's console copies say "kernel:".)
 KERNEL_BANNER = re.compile(r"^(?:\[[ 0-9.]+\] )?Linux version \S+", re.MULTILINE)
 QEMU = "qemu-system-x86_64"
+#: DIMM slots a guest made with hotplug_maxmem= offers for memory hot-add.
+HOTPLUG_SLOTS = 4
 SERIAL_TAIL_LINES = 40
 TCP_BRIDGE = HERE / "tcp_bridge.py"
 
@@ -218,6 +222,7 @@ class Guest:
         keep_overlay: bool = False,
         guest_forwards: Sequence[str] = (),
         boot: str = "kernel",
+        hotplug_maxmem: str = "",
     ) -> None:
         if boot not in ("kernel", "grub"):
             raise GuestError(f"boot={boot!r}: use kernel (QEMU loads it) or grub (from disk)")
@@ -232,6 +237,12 @@ class Guest:
         self.restrict_network = restrict_network
         self.keep_overlay = keep_overlay
         self.guest_forwards = list(guest_forwards)
+        # Memory hot-add (off by default): DIMM slots up to this size, and a QMP
+        # monitor socket to plug them. The socket lives in a short private dir
+        # (unix socket paths are limited to 108 bytes).
+        self.hotplug_maxmem = hotplug_maxmem
+        self.qmp_socket: Path | None = None
+        self._dimms = 0
         self.disks: list[Disk] = []
         self.overlay = artifacts / "root-overlay.qcow2"
         self.serial_log = artifacts / "serial.log"
@@ -266,6 +277,11 @@ class Guest:
             words.append(f"crashkernel={self.crashkernel}")
         return " ".join(words + self.extra_append)
 
+    def _memory_arg(self) -> str:
+        if not self.hotplug_maxmem:
+            return self.memory
+        return f"{self.memory},slots={HOTPLUG_SLOTS},maxmem={self.hotplug_maxmem}"
+
     def qemu_argv(self) -> list[str]:
         """The full QEMU command line (pure: reads only this object's settings)."""
         netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22"
@@ -279,7 +295,7 @@ class Guest:
             "-nodefaults", "-no-user-config",
             "-display", "none", "-vga", "none",
             *accel_args(self.accel),
-            "-m", self.memory,
+            "-m", self._memory_arg(),
             "-smp", str(self.smp),
             *self._boot_args(),
             "-netdev", netdev,
@@ -288,6 +304,8 @@ class Guest:
             "-chardev", f"file,id=serial0,path={self.serial_log},append=on",
             "-serial", "chardev:serial0",
         ]  # fmt: skip
+        if self.qmp_socket is not None:
+            argv += ["-qmp", f"unix:{self.qmp_socket},server=on,wait=off"]
         disks = [Disk(self.overlay), *self.disks]
         if not any(disk.serial for disk in disks):
             for disk in disks:
@@ -334,6 +352,8 @@ class Guest:
         if self._qemu is not None:
             raise GuestError("start() called twice; stop() first")
         self.artifacts.mkdir(parents=True, exist_ok=True)
+        if self.hotplug_maxmem and self.qmp_socket is None:
+            self.qmp_socket = Path(tempfile.mkdtemp(prefix="kdumpd-qmp-")) / "qmp.sock"
         if not self.overlay.exists():
             proc.run(
                 ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
@@ -390,6 +410,9 @@ class Guest:
             self._qemu_log_handle = None
         if not self.keep_overlay:
             self.overlay.unlink(missing_ok=True)
+        if self.qmp_socket is not None:
+            shutil.rmtree(self.qmp_socket.parent, ignore_errors=True)
+            self.qmp_socket = None
 
     def __enter__(self) -> Guest:
         return self
@@ -469,6 +492,35 @@ class Guest:
             last = result.stderr.strip()
             time.sleep(2)
         raise self._error(f"no ssh login within {timeout:.0f} s (last ssh error: {last})")
+
+    def qmp(self, command: str, **arguments: object) -> dict[str, object]:
+        """Run one QMP command on the guest's monitor; raise GuestError on an error reply."""
+        if self.qmp_socket is None:
+            raise GuestError("the guest has no QMP monitor: create it with hotplug_maxmem=")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(60)
+            conn.connect(str(self.qmp_socket))
+            reader = conn.makefile("r", encoding="utf-8")
+            json.loads(reader.readline())  # the greeting
+            for name, args in (("qmp_capabilities", {}), (command, arguments)):
+                conn.sendall(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
+                while True:
+                    reply = json.loads(reader.readline())
+                    if "event" not in reply:
+                        break
+                if "error" in reply:
+                    raise GuestError(f"QMP {name} failed: {reply['error']}")
+        return dict(reply)
+
+    def hot_add_memory(self, size_mib: int = 512) -> None:
+        """Plug a DIMM of ``size_mib`` MiB into the running guest (ACPI memory hotplug)."""
+        self._dimms += 1
+        backend = f"hotmem{self._dimms}"
+        self.qmp(
+            "object-add",
+            **{"qom-type": "memory-backend-ram", "id": backend, "size": size_mib << 20},
+        )
+        self.qmp("device_add", driver="pc-dimm", id=f"dimm{self._dimms}", memdev=backend)
 
     def crash(self) -> None:
         """Crash the guest kernel with sysrq-c; returns while the guest goes down.

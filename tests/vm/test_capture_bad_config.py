@@ -82,5 +82,5 @@ def test_broken_config_keeps_the_capture_kernel(
     # names the line, rather than arming something the admin did not write.
     state = guest.ssh("systemctl is-failed kdumpd.service", check=False).stdout.strip()
     assert state == "failed", state
-    journal = guest.ssh("journalctl -b -u kdumpd.service --no-pager").stdout
+    journal = guest.ssh("journalctl -b -u kdump.service --no-pager").stdout
     assert f"{CONF}:{BAD_LINE}: Invalid kdump config option explode" in journal, journal

@@ -3,8 +3,12 @@
 Owns argument parsing, the choice between kdump-utils style console lines and
 ``--json`` output, exit codes, and the read-only commands (status, showmem,
 get-default-crashkernel, estimate, check-config). The arming commands (start,
-stop, restart, reload, rebuild) are use cases of :mod:`kdumpd.manager`; this
-module only dispatches to them.
+stop, restart, reload, rebuild) are use cases of :mod:`kdumpd.manager`;
+reset-crashkernel, test and the hidden commands the package scripts and kernel
+hooks call (``_reset-crashkernel-after-update``,
+``_reset-crashkernel-for-installed_kernel KVER``, ``_kernel-installed KVER``,
+``_kernel-removed KVER``, ``_tools-upgraded``) are use cases of
+:mod:`kdumpd.lifecycle`; this module only dispatches to them.
 
 Output conventions (compatible with kdump-utils, §3): messages go to stderr as
 ``kdump: <text>``; data a script consumes (get-default-crashkernel, estimate)
@@ -23,14 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from kdumpd import host, manager, proc
-from kdumpd.config import load_sysconfig
+from kdumpd import host, lifecycle, manager, proc
+from kdumpd.config import load_kdump_conf, load_sysconfig
 from kdumpd.config.sysconfig import SysConfig
 from kdumpd.errors import (
+    ConfigError,
     ExitCode,
     KdumpError,
     Problem,
-    UnsupportedCommand,
     user_message,
 )
 from kdumpd.estimate import format_estimate
@@ -52,7 +56,6 @@ USAGE_COMMANDS = (
     "propagate",
     "showmem",
     "test",
-    "setup-crypttab",
     "get-default-crashkernel",
     "check-config",
 )
@@ -66,8 +69,6 @@ MANAGER_COMMANDS: dict[str, Callable[[Paths, Messages], None]] = {
     "reload": manager.reload,
     "rebuild": manager.rebuild,
 }
-#: kdump-utils commands kdumpd does not offer yet.
-PENDING_COMMANDS = ("test", "reset-crashkernel", "setup-crypttab")
 
 
 class UsageError(KdumpError):
@@ -177,9 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("propagate", "install the ssh key on the dump server")
     sub = add("test", "crash the system on purpose to test the dump")
     sub.add_argument("--force", action="store_true", help="do not ask for confirmation")
-    sub = add("reset-crashkernel", "set crashkernel= of the boot entries to the default")
-    sub.add_argument("options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    add("setup-crypttab", "let systemd-cryptsetup keep LUKS keys for kdump")
+    sub = add("reset-crashkernel", "set crashkernel= of the boot configuration to the default")
+    sub.add_argument(
+        "--kernel",
+        metavar="PATH|ALL|DEFAULT",
+        help="the kernel whose boot entries change (default: DEFAULT, the kernel kdump uses)",
+    )
+    sub.add_argument("--fadump", choices=lifecycle.FADUMP_MODES, help="POWER only: fadump= mode")
+    sub.add_argument(
+        "--reboot", action="store_true", help="deprecated: reboot when something changed"
+    )
+    # Hidden: the package scripts and kernel hooks call these (no help= keeps them
+    # out of the command list).
+    hidden = commands.add_parser("_reset-crashkernel-after-update")
+    _add_global_options(hidden, suppress=True)
+    for name in ("_reset-crashkernel-for-installed_kernel", "_kernel-installed", "_kernel-removed"):
+        hidden = commands.add_parser(name)
+        _add_global_options(hidden, suppress=True)
+        hidden.add_argument("kernel_release")
+    hidden = commands.add_parser("_tools-upgraded")
+    _add_global_options(hidden, suppress=True)
     sub = add("dmesg", "print the kernel log of a saved dump (read by kdumpd itself)")
     sub.add_argument("dump", metavar="DUMP", type=Path, help="a dump file or dump directory")
     sub = add("dumps", "list the saved dumps, newest first; 'dumps show DUMP' reports one")
@@ -214,6 +232,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
             ctx.messages.warn(line)
     verdict = "Kdump is operational" if status.operational else "Kdump is not operational"
     ctx.messages.info(verdict)
+    test = _last_test(ctx, status.mode)
     if ctx.json:
         ctx.emit(
             {
@@ -224,9 +243,39 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
                 "supported": status.supported,
                 "reserved_bytes": status.reserved_bytes,
                 "loaded": status.loaded,
+                "last_test": None
+                if test is None
+                else {
+                    "state": test.state,
+                    "kdump_test_id": test.test_id or None,
+                    "dump": test.dump,
+                    "message": test.message,
+                },
             }
         )
     return ExitCode.OK if status.operational else ExitCode.NOT_OPERATIONAL
+
+
+def _last_test(ctx: Context, mode: str) -> lifecycle.TestResult | None:
+    """The vmcore creation test's result (§3.10), when VMCORE_CREATION_NOTIFICATION is on."""
+    if mode != "kdump":
+        return None
+    try:
+        sysconfig, _ = load_sysconfig(ctx.paths, ctx.arch)
+    except ConfigError:
+        return None
+    if not sysconfig.vmcore_creation_notification:
+        return None
+    try:
+        config = load_kdump_conf(ctx.paths).config
+    except ConfigError:
+        config = None
+    result = lifecycle.last_test(ctx.paths, config)
+    if result.message:
+        {"info": ctx.messages.info, "warning": ctx.messages.warn, "error": ctx.messages.error}[
+            result.level
+        ](result.message)
+    return result
 
 
 def cmd_showmem(ctx: Context, args: argparse.Namespace) -> int:
@@ -386,9 +435,105 @@ def cmd_propagate(ctx: Context, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def cmd_pending(ctx: Context, args: argparse.Namespace) -> int:
-    """kdump-utils commands kdumpd does not offer yet: say so, never pretend."""
-    raise UnsupportedCommand(f"kdumpctl {args.command}: not implemented yet")
+def _change_json(ctx: Context, change: Any) -> dict[str, Any]:
+    location = change.location
+    return {
+        "kind": location.kind,
+        "file": ctx.paths.shown(location.file),
+        "kernel": location.kernel,
+        "parameter": change.name,
+        "old": change.old,
+        "new": change.new,
+    }
+
+
+def cmd_reset_crashkernel(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl reset-crashkernel [--kernel=PATH|ALL|DEFAULT] [--fadump=MODE] [--reboot] (§4.5)."""
+    if args.reboot:
+        ctx.messages.warn("--reboot is deprecated; reboot yourself when something changed")
+    result = lifecycle.reset_crashkernel(
+        ctx.paths,
+        ctx.messages,
+        machine=ctx.machine,
+        kernel=args.kernel,
+        fadump=args.fadump,
+    )
+    if ctx.json:
+        ctx.emit(
+            {
+                "command": "reset-crashkernel",
+                "changed": result.changed,
+                "reboot_needed": result.changed,
+                "changes": [_change_json(ctx, c) for c in result.changes],
+                "unchanged": [ctx.paths.shown(loc.file) for loc in result.unchanged],
+            }
+        )
+    if args.reboot and result.changed:
+        lifecycle.reboot()
+    return ExitCode.OK
+
+
+def cmd_auto_reset(ctx: Context, args: argparse.Namespace) -> int:
+    """Package scripts: the automatic reset (auto_reset_crashkernel)."""
+    done = lifecycle.auto_reset(
+        ctx.paths,
+        ctx.messages,
+        machine=ctx.machine,
+        kernel_release=getattr(args, "kernel_release", None),
+    )
+    if ctx.json:
+        ctx.emit({"command": args.command, "changes": [_change_json(ctx, c) for c in done]})
+    return ExitCode.OK
+
+
+def cmd_kernel_installed(ctx: Context, args: argparse.Namespace) -> int:
+    """Kernel hooks: a kernel was installed."""
+    lifecycle.kernel_added(
+        ctx.paths,
+        ctx.messages,
+        args.kernel_release,
+        machine=ctx.machine,
+    )
+    if ctx.json:
+        ctx.emit({"command": args.command, "ok": True})
+    return ExitCode.OK
+
+
+def cmd_kernel_removed(ctx: Context, args: argparse.Namespace) -> int:
+    """Kernel hooks: a kernel was removed."""
+    removed = lifecycle.kernel_removed(ctx.paths, ctx.messages, args.kernel_release)
+    if ctx.json:
+        ctx.emit({"command": args.command, "removed": [ctx.paths.shown(p) for p in removed]})
+    return ExitCode.OK
+
+
+def cmd_tools_upgraded(ctx: Context, args: argparse.Namespace) -> int:
+    """dpkg trigger: dracut, makedumpfile, kexec-tools or kdumpd changed."""
+    lifecycle.tools_upgraded(ctx.paths, ctx.messages)
+    if ctx.json:
+        ctx.emit({"command": args.command, "ok": True})
+    return ExitCode.OK
+
+
+def _ask(prompt: str) -> str:
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    try:
+        return input()
+    except EOFError:
+        return ""
+
+
+def cmd_test(ctx: Context, args: argparse.Namespace) -> int:
+    """kdumpctl test [--force] (§3.10): crash the system; the next status says what came of it."""
+    if ctx.json and not args.force:
+        raise UsageError(
+            "kdumpctl test --json needs --force: JSON output cannot ask for confirmation"
+        )
+    test_id = lifecycle.run_test(ctx.paths, ctx.messages, force=args.force, confirm=_ask)
+    if ctx.json:
+        ctx.emit({"command": "test", "kdump_test_id": test_id, "cancelled": test_id is None})
+    return ExitCode.OK
 
 
 def cmd_dmesg(ctx: Context, args: argparse.Namespace) -> int:
@@ -538,7 +683,13 @@ COMMANDS: dict[str, Command] = {
     "check-config": cmd_check_config,
     **dict.fromkeys(MANAGER_COMMANDS, cmd_manager),
     "propagate": cmd_propagate,
-    **dict.fromkeys(PENDING_COMMANDS, cmd_pending),
+    "reset-crashkernel": cmd_reset_crashkernel,
+    "test": cmd_test,
+    "_reset-crashkernel-after-update": cmd_auto_reset,
+    "_reset-crashkernel-for-installed_kernel": cmd_auto_reset,
+    "_kernel-installed": cmd_kernel_installed,
+    "_kernel-removed": cmd_kernel_removed,
+    "_tools-upgraded": cmd_tools_upgraded,
     "dmesg": cmd_dmesg,
     "dumps": cmd_dumps,
     "analyze": cmd_analyze,

@@ -266,13 +266,23 @@ def check_feasible(paths: Paths) -> None:
         )
 
 
-def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
+def prepare(
+    paths: Paths,
+    messages: Messages,
+    *,
+    image: str,
+    kernel_release: str | None = None,
+    cmdline_append: str = "",
+) -> Arming:
     """Validate the configuration and compute everything a load needs; disarm nothing.
 
     ``image`` says what to do with the capture initramfs:
     ``"auto"`` rebuilds it when the rebuild decision asks for it (start, restart),
     ``"keep"`` only builds a missing image and otherwise warns that it is stale
     (reload: §3.7 reloads without rebuilding), ``"force"`` always rebuilds.
+    ``kernel_release`` builds for another installed kernel than the one the
+    variables file and the running system name (kernel install hooks);
+    ``cmdline_append`` is added to the capture command line (kdumpctl test's id).
     Raises ConfigError (every problem with file:line) or another KdumpError.
     """
     parsed = load_kdump_conf(paths)
@@ -286,7 +296,7 @@ def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
     for problem in sysconfig_problems:
         messages.warn(str(problem))
 
-    kver = _kernel_release(paths, messages, sysconfig)
+    kver = kernel_release or _kernel_release(paths, messages, sysconfig)
     kernel = host.find_kernel(paths, sysconfig, kver)
     cmdline = capture_cmdline.build_capture_cmdline(
         sysconfig.commandline or _read_proc_cmdline(paths),
@@ -296,6 +306,8 @@ def prepare(paths: Paths, messages: Messages, *, image: str) -> Arming:
         watchdog_drivers=capture_cmdline.active_watchdog_drivers(paths, kernel_release=kver),
         graviton=capture_cmdline.is_aws_graviton(paths),
     )
+    if cmdline_append:
+        cmdline = f"{cmdline} {cmdline_append}"
     compiled = compile_full(parsed.config, paths, kernel_release=kver)
     for warning in compiled.warnings:
         messages.warn(str(warning))
@@ -571,6 +583,15 @@ def _unpin(paths: Paths) -> None:
     shutil.rmtree(_pinned_dir(paths), ignore_errors=True)
 
 
+def reload_with_append(
+    paths: Paths, messages: Messages, cmdline_append: str, *, loader: Loader = KEXEC
+) -> None:
+    """reload, with ``cmdline_append`` on the capture command line of this load only
+    (kdumpctl test's ``kdump_test_id=``)."""
+    with instance_lock(paths, messages):
+        _replace(paths, messages, loader, image="keep", cmdline_append=cmdline_append)
+
+
 def reload_loaded(paths: Paths, messages: Messages, *, loader: Loader = KEXEC) -> None:
     """Load again exactly the capture kernel that is loaded (after CPU/memory hotplug).
 
@@ -605,13 +626,15 @@ def reload_loaded(paths: Paths, messages: Messages, *, loader: Loader = KEXEC) -
         messages.info(STARTING_OK)
 
 
-def _replace(paths: Paths, messages: Messages, loader: Loader, *, image: str) -> None:
+def _replace(
+    paths: Paths, messages: Messages, loader: Loader, *, image: str, cmdline_append: str = ""
+) -> None:
     # Before anything may rebuild the image: what is loaded now stays on disk as it is.
     previous = _pin_loaded(paths, _read_record(paths))
     try:
         check_feasible(paths)
         import_pending_raw_dump(paths, messages)
-        arming = prepare(paths, messages, image=image)
+        arming = prepare(paths, messages, image=image, cmdline_append=cmdline_append)
     except KdumpError as exc:
         failed = _fail(messages, exc, STARTING_FAILED)
         _keep_old_note(paths, messages)

@@ -13,8 +13,10 @@ section of the reference spec they come from (§N).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,20 +89,39 @@ class HostReadError(KdumpError):
     """A file of the host exists but cannot be read (a directory where a file belongs)."""
 
 
+# The kernel answers EBUSY to reading /sys/kernel/kexec_crash_size while a kexec
+# load or unload holds kexec_mutex (crash_get_memory_size() uses kexec_trylock()):
+# a status asked during kdumpd.service's load waits for the load to end.
+BUSY_WAIT_SECONDS = 120.0
+BUSY_POLL_SECONDS = 0.2
+
+
 def _read_text(path: Path) -> str | None:
     """The text of a host file; None when it is absent. Raises HostReadError otherwise.
 
     Absent is a normal answer (no such kernel feature); anything else (a
-    directory, no permission) is a broken tree the user must hear about.
+    directory, no permission, a kexec load that stays busy) is a problem the
+    user must hear about.
     """
-    try:
-        return path.read_text(errors="replace")
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        raise HostReadError(
-            f"cannot read {path}: {exc.strerror}; it must be a readable file"
-        ) from None
+    waited = 0.0
+    while True:
+        try:
+            return path.read_text(errors="replace")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EBUSY and waited < BUSY_WAIT_SECONDS:
+                time.sleep(BUSY_POLL_SECONDS)
+                waited += BUSY_POLL_SECONDS
+                continue
+            if exc.errno == errno.EBUSY:
+                raise HostReadError(
+                    f"cannot read {path}: {exc.strerror} (a kexec load or unload is running;"
+                    " try again)"
+                ) from None
+            raise HostReadError(
+                f"cannot read {path}: {exc.strerror}; it must be a readable file"
+            ) from None
 
 
 def _read_int(path: Path) -> int | None:

@@ -30,8 +30,9 @@ from kdumpd.image.agent import AGENT_FILES
 #: Names are module prefixes relative to the package (``targets`` covers kdumpd.targets.*).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "daemon"),  # entry points: argv, D-Bus; rendering and exit codes
-    ("manager",),  # use cases
-    ("planner", "image", "kexec", "postcrash"),  # plan, capture image, load, next boot
+    ("manager", "lifecycle"),  # use cases (lifecycle: boot parameters, hooks, test)
+    # plan, capture image, load, next boot, boot configuration
+    ("planner", "image", "kexec", "postcrash", "bootloader"),
     ("targets",),  # first kernel, one module per target kind
     ("config", "host", "crashkernel", "cmdline", "estimate"),  # readings of the system
     ("contract",),  # what both kernels agree on

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import lzma
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from kdumpd import estimate as est
 from kdumpd import host
 from kdumpd.config.sysconfig import SysConfig
+from kdumpd.errors import KdumpError
 from kdumpd.host import kernel_image
 from kdumpd.paths import Paths
 from tests.conftest import write
@@ -394,3 +397,37 @@ def test_module_list_normalises_dashes(tmp_path: Path) -> None:
     with pytest.raises(host.HostReadError, match="Is a directory"):
         est.read_module_list(tmp_path)
     assert est.read_module_list(None) is None
+
+
+def test_a_busy_sysfs_node_is_read_once_the_kexec_load_ends(
+    fake_root: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # kexec_crash_size answers EBUSY while a load holds kexec_mutex.
+    node = write(fake_root.kexec_crash_size, f"{256 << 20}\n")
+    real_read_text = Path.read_text
+    busy = [2]
+
+    def read_text(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self == node and busy[0]:
+            busy[0] -= 1
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    assert host.crash_size_bytes(fake_root, "kdump") == 256 << 20
+    assert busy == [0]
+
+
+def test_a_node_busy_for_too_long_is_an_error_not_a_traceback(
+    fake_root: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = write(fake_root.kexec_crash_size, "0\n")
+
+    def read_text(self: Path, *args: Any, **kwargs: Any) -> str:
+        raise OSError(errno.EBUSY, "Device or resource busy", str(node))
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    with pytest.raises(KdumpError, match="a kexec load or unload is running; try again"):
+        host.crash_size_bytes(fake_root, "kdump")

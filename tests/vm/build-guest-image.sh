@@ -8,6 +8,9 @@
 #   base.qcow2       whole-disk ext4 root file system (root=/dev/vda), a few GB free
 #   vmlinuz          the guest's kernel and initrd, for QEMU's direct kernel boot
 #   initrd.img
+#   bootdisk.raw     GRUB's boot.img and a core.img built from the guest's own GRUB: the
+#                    BIOS boots it, it finds the root disk by /boot/grub/grub.cfg and runs
+#                    that config, so the guest boots through GRUB from its own disk
 #   id_ed25519       throw-away root ssh key made by this build (never in git)
 #   packages.txt     dpkg-query list of what the guest holds
 #   READY            written last; an image directory without it is incomplete
@@ -202,6 +205,38 @@ kver=${kernels[0]##*/vmlinuz-}
 cp "${kernels[0]}" "$out/vmlinuz"
 cp "$root/boot/initrd.img-$kver" "$out/initrd.img"
 log "guest kernel $kver"
+
+# GRUB from the guest's own disk, without a partition table: the BIOS loads boot.img from
+# a separate 1 MiB disk, boot.img loads core.img from the next sectors (its default
+# blocklist), and core.img's embedded config searches the disk that holds
+# /boot/grub/grub.cfg. Modules not embedded load from the guest's /usr/lib/grub, the
+# same GRUB build, so versions always match. grub.cfg here is a first config for the
+# image; the scenarios run update-grub in the guest, which writes the real one.
+log "GRUB boot disk and a first /boot/grub/grub.cfg"
+cat >"$root/tmp/early-grub.cfg" <<'EOF'
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+search --no-floppy --file /boot/grub/grub.cfg --set=root
+set prefix=($root)/usr/lib/grub
+configfile ($root)/boot/grub/grub.cfg
+EOF
+in_root grub-mkimage -O i386-pc -o /tmp/core.img -c /tmp/early-grub.cfg -p /usr/lib/grub \
+    biosdisk part_msdos part_gpt ext2 search search_fs_file search_fs_uuid search_label \
+    configfile normal linux boot gzio echo test serial terminal loadenv
+cat "$root/usr/lib/grub/i386-pc/boot.img" "$root/tmp/core.img" >"$out/bootdisk.raw"
+truncate -s 1M "$out/bootdisk.raw"
+rm -f "$root/tmp/core.img" "$root/tmp/early-grub.cfg"
+mkdir -p "$root/boot/grub"
+cat >"$root/boot/grub/grub.cfg" <<EOF
+# Written by build-guest-image.sh; update-grub in the guest replaces it.
+set timeout=0
+menuentry 'Debian GNU/Linux, with Linux $kver (image)' {
+    search --no-floppy --label kdumpguest --set=root
+    linux /boot/vmlinuz-$kver root=/dev/vda ro console=ttyS0,115200
+    initrd /boot/initrd.img-$kver
+}
+EOF
 
 rm -f "$root/usr/sbin/policy-rc.d"
 unmount_all

@@ -66,7 +66,8 @@ class GuestError(AssertionError):
 
 @dataclass(frozen=True)
 class GuestImage:
-    """A built guest image: base disk, kernel and initrd for direct boot, root ssh key."""
+    """A built guest image: base disk, kernel and initrd for direct boot, GRUB boot disk,
+    root ssh key."""
 
     directory: Path
     base: Path
@@ -74,6 +75,7 @@ class GuestImage:
     initrd: Path
     ssh_key: Path
     kernel_release: str
+    bootdisk: Path
 
     @classmethod
     def load(cls, directory: Path) -> GuestImage:
@@ -89,6 +91,7 @@ class GuestImage:
             initrd=directory / "initrd.img",
             ssh_key=directory / "id_ed25519",
             kernel_release=fields.get("kernel", ""),
+            bootdisk=directory / "bootdisk.raw",
         )
 
 
@@ -218,8 +221,12 @@ class Guest:
         restrict_network: bool = True,
         keep_overlay: bool = False,
         guest_forwards: Sequence[str] = (),
+        boot: str = "kernel",
         hotplug_maxmem: str = "",
     ) -> None:
+        if boot not in ("kernel", "grub"):
+            raise GuestError(f"boot={boot!r}: use kernel (QEMU loads it) or grub (from disk)")
+        self.boot = boot
         self.image = image
         self.artifacts = artifacts
         self.accel = accel
@@ -290,9 +297,7 @@ class Guest:
             *accel_args(self.accel),
             "-m", self._memory_arg(),
             "-smp", str(self.smp),
-            "-kernel", str(self.image.kernel),
-            "-initrd", str(self.image.initrd),
-            "-append", self.kernel_cmdline(),
+            *self._boot_args(),
             "-netdev", netdev,
             "-device", "virtio-net-pci,netdev=net0",
             "-device", "virtio-rng-pci",
@@ -315,6 +320,30 @@ class Guest:
                 "-device", f"virtio-blk-pci,drive=disk{number}{serial}",
             ]  # fmt: skip
         return argv
+
+    def _boot_args(self) -> list[str]:
+        """QEMU loads kernel and initrd itself, or the BIOS boots GRUB from its boot disk.
+
+        With boot="grub" the kernel, its command line and crashkernel= come from the
+        guest's own /boot/grub/grub.cfg (what update-grub wrote), as on a real machine.
+        The boot disk is IDE, so the virtio disks keep their names (root is vda);
+        snapshot=on keeps the shared image file unchanged.
+        """
+        if self.boot == "kernel":
+            return [
+                "-kernel", str(self.image.kernel),
+                "-initrd", str(self.image.initrd),
+                "-append", self.kernel_cmdline(),
+            ]  # fmt: skip
+        if not self.image.bootdisk.is_file():
+            raise GuestError(
+                f"{self.image.bootdisk} is missing: the image predates GRUB boot; "
+                "rebuild it (tests/vm/build-guest-image.sh)"
+            )
+        return [
+            "-drive", f"file={self.image.bootdisk},if=none,id=grubboot,format=raw,snapshot=on",
+            "-device", "ide-hd,drive=grubboot,bootindex=0",
+        ]  # fmt: skip
 
     # --- life cycle ---------------------------------------------------------------
 

@@ -16,7 +16,8 @@ lives them:
    before the install.
 
 Boot to armed with a prebuilt image is measured from systemd's own timestamps of
-kdumpd.service (start to end of ``kdumpctl start``) and printed/kept in timings.json.
+kdump.service (the daemon's start to its READY=1, which it sends once the capture
+kernel is loaded) and printed/kept in timings.json.
 """
 
 from __future__ import annotations
@@ -53,16 +54,20 @@ def booted(guest: Guest, boot_id: str) -> str:
 
 
 def armed_in(guest: Guest) -> dict[str, float]:
-    """kdumpd.service's own time this boot (s), and when it was done after the kernel start."""
+    """The daemon's own time this boot (s), and when it was armed after the kernel start.
+
+    kdump.service is Type=notify and sends READY=1 only once the capture kernel is
+    loaded: the unit turns active at that moment.
+    """
     show = guest.ssh(
-        "systemctl show kdumpd.service -p ExecMainStartTimestampMonotonic "
-        "-p ExecMainExitTimestampMonotonic -p ActiveEnterTimestampMonotonic"
+        "systemctl show kdump.service -p ExecMainStartTimestampMonotonic "
+        "-p ActiveEnterTimestampMonotonic"
     ).stdout
     fields = dict(line.split("=", 1) for line in show.split())
     start = int(fields["ExecMainStartTimestampMonotonic"])
-    end = int(fields["ExecMainExitTimestampMonotonic"])
     active = int(fields["ActiveEnterTimestampMonotonic"])
-    return {"kdumpd_own": (end - start) / 1e6, "armed_after_kernel_start": active / 1e6}
+    assert 0 < start <= active, show
+    return {"kdumpd_own": (active - start) / 1e6, "armed_after_kernel_start": active / 1e6}
 
 
 def assert_operational(guest: Guest) -> None:
@@ -73,8 +78,15 @@ def assert_operational(guest: Guest) -> None:
 
 
 def no_dracut_this_boot(guest: Guest) -> str:
-    """The boot's kdumpd journal; the test asserts it holds no image build."""
-    return guest.ssh("journalctl -b -u kdumpd.service --no-pager -o cat").stdout
+    """The boot's journal of the unit; the test asserts it holds no image build.
+
+    The unit file is kdump.service (kdumpd.service is a symlink to it), and the
+    journal knows it by that name only.
+    """
+    journal = guest.ssh("journalctl -b -u kdump.service --no-pager -o cat").stdout
+    # Not empty: an empty journal would make "no dracut run" true of any boot.
+    assert "Starting kdump: [OK]" in journal, journal
+    return journal
 
 
 def second_kernel_deb(guest_release: str) -> tuple[str, Path]:
@@ -161,6 +173,10 @@ def test_install_to_armed_through_grub(make_guest: Callable[..., Guest], kdumpd_
 
     # 3. Another kernel: its image is built during apt; armed after booting into it.
     new_release, deb = second_kernel_deb(old_release)
+    # The guest's own initrd for that kernel (initramfs-tools) with the modules of
+    # this machine only: minutes less of mkinitramfs and of GRUB reading it under TCG.
+    # It changes nothing kdumpd builds or checks.
+    guest.ssh("echo MODULES=dep > /etc/initramfs-tools/conf.d/kdumpguest-speed")
     guest.copy_to(deb, "/tmp/linux-image.deb", timeout=900)
     kernel = guest.ssh(
         f"{APT} install -y --no-install-recommends /tmp/linux-image.deb 2>&1", timeout=2400

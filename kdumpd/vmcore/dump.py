@@ -202,8 +202,8 @@ class Dump:
                 if seg.vaddr <= vaddr < seg.vaddr + seg.memsz:
                     return seg.paddr + vaddr - seg.vaddr
         raise DumpError(
-            f"{self.path}: cannot translate {vaddr:#x}: no PT_LOAD maps it and address "
-            f"translation for {self.machine} is not implemented"
+            f"{self.path}: cannot translate {vaddr:#x}: no PT_LOAD maps it, and kdumpd walks "
+            f"page tables of x86_64 dumps only (this one is {self.machine})"
         )
 
     def _walk_x86_64(self, vaddr: int) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kdumpd.errors import KdumpError
+from kdumpd.vmcore.vmcoreinfo import parse_vmcoreinfo
 
 ELF_MAGIC = b"\x7fELF"
 ET_CORE = 4
@@ -88,29 +89,6 @@ class ElfCore:
         """CRASHTIME (epoch seconds), appended by the crashing kernel; absent in live dumps."""
         text = self.vmcoreinfo.get("CRASHTIME")
         return int(text) if text and text.strip().isdigit() else None
-
-
-def parse_vmcoreinfo(text: str) -> dict[str, str]:
-    """Split ``KEY=value`` lines on the first '='; later duplicates win, as in the kernel."""
-    info: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key:
-            info[key.strip()] = value.strip()
-    return info
-
-
-def vmcoreinfo_number(info: dict[str, str], key: str) -> int | None:
-    """A numeric VMCOREINFO value: SYMBOL/KERNELOFFSET are bare hex, NUMBER may be 0x or decimal."""
-    text = info.get(key)
-    if text is None:
-        return None
-    try:
-        if key.startswith("SYMBOL(") or key == "KERNELOFFSET":
-            return int(text, 16)
-        return int(text, 0)
-    except ValueError:
-        return None
 
 
 def iter_notes(blob: bytes, byte_order: str) -> Iterator[Note]:

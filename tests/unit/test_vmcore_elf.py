@@ -11,11 +11,10 @@ from kdumpd.vmcore.elf import (
     NT_PRSTATUS,
     PT_LOAD,
     CoreFormatError,
-    parse_vmcoreinfo,
     read_core,
     read_physical,
-    vmcoreinfo_number,
 )
+from kdumpd.vmcore.vmcoreinfo import VmcoreInfo, parse_vmcoreinfo
 from tests.support.synth import KERNEL_PADDR, PAGE_SIZE, CoreSpec, generate_core
 
 
@@ -60,9 +59,10 @@ def test_generated_core_is_sparse(tmp_path: Path) -> None:
 def test_parse_vmcoreinfo_splits_on_first_equals() -> None:
     info = parse_vmcoreinfo("OSRELEASE=6.1\nSYMBOL(prb)=ffffffff9b5c4e18\nNUMBER(x)=0x10\nbad\n")
     assert info == {"OSRELEASE": "6.1", "SYMBOL(prb)": "ffffffff9b5c4e18", "NUMBER(x)": "0x10"}
-    assert vmcoreinfo_number(info, "SYMBOL(prb)") == 0xFFFFFFFF9B5C4E18
-    assert vmcoreinfo_number(info, "NUMBER(x)") == 16
-    assert vmcoreinfo_number(info, "NUMBER(missing)") is None
+    typed = VmcoreInfo(info)
+    assert typed.symbol("prb") == 0xFFFFFFFF9B5C4E18
+    assert typed.number("x") == 16
+    assert typed.number("missing") is None
 
 
 def test_not_an_elf_core_is_refused(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdumpd import host, manager
-from kdumpd.config import load_kdump_conf, load_sysconfig
+from kdumpd.config import DEFAULT_SSHKEY, load_kdump_conf, load_sysconfig
 from kdumpd.daemon.journal import ERR, INFO, WARNING, Journal, JournalMessages
 from kdumpd.daemon.notify import Notifier
 from kdumpd.errors import ConfigError, ExitCode, KdumpError, Problem, user_message
@@ -34,8 +34,6 @@ BUILDING = "building"
 FAILED = "failed"
 UNSUPPORTED = "unsupported"
 
-#: The default ssh key when kdump.conf names none (kdump-utils, clients.md R10).
-DEFAULT_SSH_KEY = "/root/.ssh/kdump_id_rsa"
 HOOK_DIRS = ("pre.d", "post.d", "emergency.d")
 
 
@@ -60,15 +58,21 @@ class Counters:
 
 
 def watched_files(paths: Paths) -> list[Path]:
-    """Every input a live reload follows: kdump.conf, variables files, hooks, the ssh key."""
+    """Every input a live reload follows: kdump.conf, variables files, hooks, the ssh key.
+
+    Both the configured key and the default one: the default is used while the
+    configured key does not exist (kdump-utils), so either file appearing or
+    changing changes what the image carries.
+    """
     files = [paths.kdump_conf, paths.sysconfig_kdump, paths.default_kdump]
-    key = DEFAULT_SSH_KEY
+    keys = [DEFAULT_SSHKEY]
     try:
-        config = load_kdump_conf(paths).config
-        key = config.sshkey or DEFAULT_SSH_KEY
-    except (KdumpError, AttributeError):
-        pass
-    files.append(paths.under_root(key))
+        configured = load_kdump_conf(paths).config.sshkey
+    except KdumpError:
+        configured = DEFAULT_SSHKEY  # a broken file is reported by the re-arm, not here
+    if configured != DEFAULT_SSHKEY:
+        keys.append(configured)
+    files.extend(paths.under_root(key) for key in keys)
     return files
 
 

@@ -9,6 +9,7 @@ Also the client side that kdumpctl uses to reach a running daemon.
 """
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dasbus.connection import SystemMessageBus
@@ -155,10 +156,8 @@ class ManagerInterface(PropertiesInterface):  # type: ignore[misc]
             "StatusText": self._core.status_text(),
         }
 
-    def _shown(self, path: Any) -> str:
-        if path is None:
-            return ""
-        return "/" + str(path.relative_to(self._core.paths.root))
+    def _shown(self, path: Path | None) -> str:
+        return "" if path is None else self._core.paths.shown(path)
 
     def publish_changes(self) -> None:
         current = self._snapshot()

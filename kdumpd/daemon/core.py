@@ -241,7 +241,7 @@ class Core:
         except KdumpError:
             return
         if imported is not None:
-            shown = "/" + str(imported.directory.relative_to(self.paths.root))
+            shown = self.paths.shown(imported.directory)
             self.journal.event(
                 "raw-imported",
                 f"dump imported from the raw dump device into {shown}",
@@ -377,7 +377,7 @@ class Core:
         found = postcrash.new_dumps(self.paths, self.crash_dir(), *postcrash.known_dirs(self.paths))
         for dump in found:
             report = postcrash.write_report(dump)
-            shown = "/" + str(dump.directory.relative_to(self.paths.root))
+            shown = self.paths.shown(dump.directory)
             cause = report.cause or "unknown cause (no panic line in the saved kernel log)"
             self.journal.event(
                 "dump-found",
@@ -405,7 +405,7 @@ class Core:
         doomed = retention.to_delete(self.list_dumps(), limits)
         failed = dict((d.directory, err) for d, err in retention.delete(doomed))
         for dump in doomed:
-            shown = "/" + str(dump.directory.relative_to(self.paths.root))
+            shown = self.paths.shown(dump.directory)
             if dump.directory in failed:
                 self.journal.line(
                     f"could not delete old dump {shown}: {failed[dump.directory]}", priority=ERR

@@ -25,12 +25,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kdumpd import proc
+from kdumpd import durable, proc
 from kdumpd.errors import KdumpError
 from kdumpd.paths import Paths
 
@@ -549,17 +548,11 @@ def _program(paths: Paths, name: str) -> str | None:
 def write_atomic(
     path: Path, text: str, *, like: Path | None = None, mode: int | None = None
 ) -> None:
-    """Replace ``path`` by rename, keeping the old file's mode (or ``mode``)."""
-    keep = mode
+    """Replace ``path`` durably (:func:`kdumpd.durable.write_atomic`), keeping the mode of
+    ``like`` when it exists (a boot entry or /etc/kernel/cmdline keeps its permissions)."""
+    keep = mode if mode is not None else 0o644
     if like is not None and like.exists():
         keep = like.stat().st_mode & 0o7777
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(name, keep if keep is not None else 0o644)
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    durable.write_atomic(path, text.encode(), mode=keep)
+    # The file's mode at creation is filtered by the umask; set it exactly.
+    os.chmod(path, keep)

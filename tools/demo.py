@@ -1,5 +1,10 @@
 """The demo behind tools/demo.sh: arm kdumpd in a guest, crash it, show what came home.
 
+After the crash it shows the dump, its panic read back by makedumpfile (an
+independent reader), the capture metadata, ``kdumpctl dumps``, the journal entry
+and crash report the daemon wrote at the next boot, and the kernel log as
+kdumpd's own reader extracts it.
+
 Reuses the VM harness of the tests (tests/vm/harness.py): the guest image is built
 from the repo (cached under .cache/vm), QEMU runs with user networking and only a
 loopback ssh forward, KVM when guests boot under it here and TCG otherwise.
@@ -18,7 +23,6 @@ sys.path[:0] = [str(REPO / "tests" / "vm"), str(REPO)]
 from harness import Guest, choose_accel, ensure_image, fresh_artifacts  # noqa: E402
 
 from kdumpd import proc  # noqa: E402
-from kdumpd.postcrash.report import triage  # noqa: E402
 
 STARTED = time.monotonic()
 
@@ -56,12 +60,16 @@ def main() -> int:
         if status.returncode != 0:
             say("kdump is not operational in the guest; see " + guest.artefact_note())
             return 1
+        unit = guest.ssh("systemctl show -p StatusText kdumpd", check=False).stdout
+        show("the daemon's status line (systemctl show -p StatusText kdumpd)", unit)
+        guest.ssh("echo 'kdumpd demo: crashing on purpose' > /dev/kmsg")
 
         say("crashing the guest kernel: echo c > /proc/sysrq-trigger")
         guest.crash()
         say("waiting for the capture kernel to save the dump and reboot")
         guest.wait_for_reboot(timeout=1200)
-        say("the guest is back")
+        say("the guest is back; waiting for kdumpd to re-arm and report the dump")
+        guest.ssh("systemctl is-system-running --wait", check=False, timeout=900)
 
         listing = guest.ssh("ls -1d /var/crash/127.0.0.1-* | tail -1", check=False).stdout.strip()
         if not listing:
@@ -79,7 +87,16 @@ def main() -> int:
             f"result: {meta.get('result')}\ncollector: {' '.join(meta['collector']['argv'])}\n"
             f"steps: {steps}",
         )
-        show("crash report", triage(extracted).to_text())
+        show("kdumpctl dumps", guest.ssh("kdumpctl dumps", check=False).stdout)
+        found = guest.ssh(
+            "journalctl -b -u kdump.service -o cat --no-pager | grep 'crash dump saved'",
+            check=False,
+        ).stdout
+        show("the journal at the next boot (journalctl -u kdump.service)", found)
+        report = guest.ssh(f"cat {listing}/crash-report.txt", check=False)
+        show(f"the crash report the daemon wrote ({listing}/crash-report.txt)", report.stdout)
+        ours = guest.ssh(f"kdumpctl dmesg {listing} | tail -n 12", check=False).stdout
+        show("the kernel log by kdumpd's own reader (kdumpctl dmesg DUMP | tail)", ours)
     say("done")
     return 0
 

@@ -95,8 +95,11 @@ def main() -> int:
         show("the journal at the next boot (journalctl -u kdump.service)", found)
         report = guest.ssh(f"cat {listing}/crash-report.txt", check=False)
         show(f"the crash report the daemon wrote ({listing}/crash-report.txt)", report.stdout)
-        ours = guest.ssh(f"kdumpctl dmesg {listing} | tail -n 12", check=False).stdout
-        show("the kernel log by kdumpd's own reader (kdumpctl dmesg DUMP | tail)", ours)
+        ours = guest.ssh(
+            f"kdumpctl dmesg {listing} | grep -E 'kdumpd demo|sysrq: Trigger|Kernel panic'",
+            check=False,
+        ).stdout
+        show("the last words of the kernel, by kdumpd's own reader (kdumpctl dmesg DUMP)", ours)
     say("done")
     return 0
 

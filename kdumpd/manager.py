@@ -346,6 +346,7 @@ def prepare(
                     line if line.startswith("dracut") else f"dracut: {line}"
                 ),
             )
+            messages.info(result.init_line())
             for warning in result.warnings:
                 messages.warn(str(warning))
 

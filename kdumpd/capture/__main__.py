@@ -8,7 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from kdumpd.capture.actions import PrintingExecutor, systemctl_executor
+from kdumpd.capture.actions import (
+    ActionExecutor,
+    KernelExecutor,
+    PrintingExecutor,
+    systemctl_executor,
+)
 from kdumpd.capture.agent import CaptureContext, run_capture, run_error_handler
 from kdumpd.capture.log import CaptureLog
 from kdumpd.contract.actions import DEFAULT_ACTION
@@ -27,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
         help="print 'ACTION: <name>' instead of rebooting, halting or starting a shell",
     )
     p.add_argument(
+        "--actions-by",
+        choices=("systemd", "kernel"),
+        default="systemd",
+        help="who reboots, halts or powers off: systemctl (dracut's systemd initrd) "
+        "or the kernel (kdumpd's small init)",
+    )
+    p.add_argument(
         "--error-handler",
         action="store_true",
         help="run the emergency hooks and failure_action (the emergency unit's entry)",
@@ -38,7 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     paths = Paths(root=args.root)
     log = CaptureLog()
-    execute = PrintingExecutor() if args.dry_run_actions else systemctl_executor
+    execute: ActionExecutor
+    if args.dry_run_actions:
+        execute = PrintingExecutor()
+    elif args.actions_by == "kernel":
+        execute = KernelExecutor()
+    else:
+        execute = systemctl_executor
     plan_path = Path(args.plan) if args.plan else paths.under_root(PLAN_PATH_IN_IMAGE)
     try:
         plan = CapturePlan.from_dict(json.loads(plan_path.read_text()))

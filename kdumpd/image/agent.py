@@ -29,6 +29,8 @@ AGENT_DIR_IN_IMAGE = "/usr/lib/kdumpd"
 TARGET_PYTHON = "/usr/bin/python3"
 #: The script both capture units start (kdumpd-agent.sh.j2): it runs the agent.
 AGENT_STARTER = "kdumpd-agent.sh"
+#: The image's /init when it has no systemd (kdumpd-init.sh.j2, :mod:`kdumpd.image.init`).
+INIT_SCRIPT = "kdumpd-init.sh"
 #: Every file of our package the image carries, relative to the package's parent.
 #: tests/unit/test_agent_files.py proves the agent imports nothing else.
 AGENT_FILES: tuple[str, ...] = (

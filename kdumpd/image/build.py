@@ -37,6 +37,7 @@ from kdumpd.durable import rename_into_place, write_atomic
 from kdumpd.errors import BuildError, Problem
 from kdumpd.image.agent import (
     AGENT_STARTER,
+    INIT_SCRIPT,
     PythonFiles,
     agent_from_fields,
     agent_import_names,
@@ -45,6 +46,7 @@ from kdumpd.image.agent import (
     module_names,
 )
 from kdumpd.image.dracut import DRACUT_TIMEOUT, dracut_argv
+from kdumpd.image.init import KDUMPD_INIT, SYSTEMD_CHOICE, InitChoice, choose_init
 from kdumpd.image.manifest import Manifest, image_path, manifest_path
 from kdumpd.image.needs import image_needs
 from kdumpd.image.programs import (
@@ -64,6 +66,13 @@ class BuildResult:
     image: Path
     manifest: Manifest
     warnings: tuple[Problem, ...] = ()
+    init: InitChoice = SYSTEMD_CHOICE
+
+    def init_line(self) -> str:
+        """Which init the image got, and why (a line for the build's output)."""
+        if self.init.init == KDUMPD_INIT:
+            return "The capture image runs kdumpd's small init (no systemd, no udev)"
+        return "The capture image runs dracut's systemd initrd: " + "; ".join(self.init.reasons)
 
 
 def stage(
@@ -76,6 +85,7 @@ def stage(
     template_dir: Path,
     python_files: PythonFiles,
     agent_package: Path | None = None,
+    init: InitChoice = SYSTEMD_CHOICE,
 ) -> ModuleContext:
     """Fill ``build_dir``: agent copy, plan.json, the kind's files, rendered module.
 
@@ -108,10 +118,13 @@ def stage(
         target_programs=needs.programs,
         image_files=tuple(image_files),
         start_units=needs.start_units,
+        init=init.init,
+        wait_devices=tuple(word for d in init.devices for word in (d.path, d.tag, d.value)),
         **agent_from_fields(paths, plan),
     )
     render_module(context, template_dir=template_dir, out_dir=build_dir)
     (build_dir / AGENT_STARTER).chmod(0o755)
+    (build_dir / INIT_SCRIPT).chmod(0o755)
     return context
 
 
@@ -145,6 +158,7 @@ def build(
         for name in missing
     )
     needs = image_needs(paths, plan)
+    init = choose_init(plan, config, dracut_modules=tuple(extra_dracut_modules))
     build_dir = Path(tempfile.mkdtemp(prefix=f"build-{kernel_release}-", dir=paths.state_dir))
     temp_image = image.with_name(image.name + ".new")
     try:
@@ -161,6 +175,7 @@ def build(
             template_dir=templates,
             python_files=python_files,
             agent_package=agent_package,
+            init=init,
         )
         argv = dracut_argv(
             plan,
@@ -171,6 +186,7 @@ def build(
             build_dir=build_dir,
             extra_dracut_modules=extra_dracut_modules,
             zstd=find_program(paths, "zstd") is not None,
+            init=init.init,
         )
         if extra_dracut_args:
             argv[-2:-2] = list(extra_dracut_args)
@@ -193,4 +209,4 @@ def build(
     finally:
         temp_image.unlink(missing_ok=True)
         shutil.rmtree(build_dir, ignore_errors=True)
-    return BuildResult(image=image, manifest=manifest, warnings=warnings)
+    return BuildResult(image=image, manifest=manifest, warnings=warnings, init=init)

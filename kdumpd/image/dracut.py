@@ -9,6 +9,7 @@ from pathlib import Path
 from kdumpd.config.kdumpconf import KdumpConfig
 from kdumpd.contract.plan import CapturePlan
 from kdumpd.errors import ConfigError, Problem
+from kdumpd.image.init import KDUMPD_INIT, SYSTEMD_INIT
 from kdumpd.paths import KDUMP_CONF
 from kdumpd.targets.base import ImageNeeds
 
@@ -22,6 +23,9 @@ BASE_DRACUT_MODULES: tuple[str, ...] = (
     "base",
     "kdumpd",
 )
+#: dracut modules of an image whose /init is kdumpd-init.sh (:mod:`kdumpd.image.init`):
+#: no systemd, no udev; 90kernel-modules for the drivers, our module for the rest.
+SMALL_DRACUT_MODULES: tuple[str, ...] = ("bash", "kernel-modules", "kdumpd")
 #: ~38 MB of GPU firmware nobody needs to write a dump (kdump-utils omits them too).
 OMIT_DRIVERS: tuple[str, ...] = ("nouveau", "amdgpu")
 #: Debian's dracut-network ships /etc/dracut.conf.d/11-ifcfg.conf (add_dracutmodules+=ifcfg),
@@ -78,17 +82,19 @@ def dracut_argv(
     build_dir: Path,
     extra_dracut_modules: Sequence[str] = (),
     zstd: bool = True,
+    init: str = SYSTEMD_INIT,
 ) -> list[str]:
     """The dracut command that builds the capture image for ``plan`` into ``image``.
 
     ``needs`` says what the target kind needs (:func:`kdumpd.image.needs.image_needs`).
     Strict host-only with no default device: only the target's devices
     (``--add-device``) bring drivers in; no root= or mount on the image's
-    command line (the agent mounts); an explicit module list; zstd unless
-    dracut_args choose a compression; dracut_args last, verbatim.
+    command line (the agent mounts); an explicit module list (without systemd
+    and udev when ``init`` is kdumpd's own); zstd unless dracut_args choose a
+    compression; dracut_args last, verbatim.
     """
     user = split_dracut_args(config)
-    modules = list(BASE_DRACUT_MODULES)
+    modules = list(SMALL_DRACUT_MODULES if init == KDUMPD_INIT else BASE_DRACUT_MODULES)
     for module in extra_dracut_modules:
         if module not in modules:
             modules.insert(-1, module)

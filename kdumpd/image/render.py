@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 from kdumpd.contract.plan import PLAN_PATH_IN_IMAGE, MountSpec
 from kdumpd.image.agent import AGENT_DIR_IN_IMAGE, AGENT_PROGRAMS, TARGET_PYTHON
+from kdumpd.image.init import KDUMPD_INIT, SYSTEMD_INIT
 from kdumpd.paths import Paths
 
 _UNIT_SAFE = re.compile(r"^[A-Za-z0-9_./+-]+$")
@@ -186,7 +187,10 @@ class ModuleContext:
     vmcore_dmesg: str
     user_programs: tuple[str, ...]
     failure_action: str
-    dracut_depends: tuple[str, ...] = ("base", "systemd", "systemd-initrd", "udev-rules")
+    #: Whose /init the image runs (:mod:`kdumpd.image.init`): "kdumpd" or "systemd".
+    init: str = SYSTEMD_INIT
+    #: For the small init: the plan's devices, flattened triples: path, blkid tag, value.
+    wait_devices: tuple[str, ...] = ()
     agent_dir: str = AGENT_DIR_IN_IMAGE
     python: str = TARGET_PYTHON
     plan_path: str = PLAN_PATH_IN_IMAGE
@@ -213,8 +217,15 @@ class ModuleContext:
         return "root" if self.root_mount is not None else "image"
 
     @property
+    def dracut_depends(self) -> tuple[str, ...]:
+        """The dracut modules 99kdumpd depends on: only bash for the small init."""
+        if self.init == KDUMPD_INIT:
+            return ("bash", "kernel-modules")
+        return ("base", "systemd", "systemd-initrd", "udev-rules")
+
+    @property
     def fallback_action(self) -> str:
-        """What systemd does when even the agent's error handler cannot run."""
+        """What the init does when even the agent's error handler cannot run."""
         return self.failure_action if self.failure_action in ("halt", "poweroff") else "reboot"
 
     def values(self) -> dict[str, Any]:
@@ -224,6 +235,7 @@ class ModuleContext:
         data: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["agent_from"] = self.agent_from
         data["fallback_action"] = self.fallback_action
+        data["dracut_depends"] = self.dracut_depends
         data["self_check"] = SELF_CHECK
         return data
 

@@ -367,6 +367,9 @@ def propagate(
                 f"{key_file.parent} is writable."
             ) from exc
         messages.info("done.")
+    # ssh-copy-id keeps its temporary files in ~/.ssh and gives up when that is missing
+    # (a root account that never ran ssh): create it as ssh would.
+    (Path.home() / ".ssh").mkdir(mode=0o700, exist_ok=True)
     argv = ["ssh-copy-id", "-i", str(key_file)]
     if not interactive:
         argv += ["-f", "-o", "BatchMode=yes"]

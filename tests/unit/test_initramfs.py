@@ -570,11 +570,23 @@ needs_dracut = pytest.mark.skipif(
 )
 
 
+#: What each init's image must hold, and must not.
+SMALL_INIT_FILES = ("init", "usr/sbin/blkid", "usr/sbin/modprobe -> ../bin/kmod")
+SYSTEMD_INIT_FILES = (
+    "usr/lib/systemd/system/initrd.target.wants/kdumpd-capture.service",
+    # no journal in the reservation: masked, its daemon left out
+    "usr/lib/systemd/system/systemd-journald.service -> /dev/null",
+    "usr/lib/systemd/system/systemd-journald.socket -> /dev/null",
+)
+
+
 @pytest.mark.integration
 @needs_dracut
+@pytest.mark.parametrize("action", ["reboot", "shell"])
 def test_real_dracut_builds_and_the_agent_starts_in_the_image(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, action: str
 ) -> None:
+    """A plan on a disk by UUID gets the small init; the shell action keeps systemd."""
     monkeypatch.setenv("dracutbasedir", str(dracut_overlay(tmp_path)))
     paths = Paths(root=Path("/"))
     monkeypatch.setattr(Paths, "state_dir", property(lambda self: tmp_path / "state"))
@@ -585,7 +597,7 @@ def test_real_dracut_builds_and_the_agent_starts_in_the_image(
     result = build.build(
         paths,
         KdumpConfig(),
-        make_plan(),
+        make_plan(failure_action=action),
         kernel_release=KVER,
         manifest=Manifest(KVER, {}),
         on_line=lines.append,
@@ -605,14 +617,23 @@ def test_real_dracut_builds_and_the_agent_starts_in_the_image(
         "etc/kdumpd/plan.json",
         "usr/lib/kdumpd/kdumpd/capture/__init__.py",
         "usr/lib/python3.11/json/__init__.py",
-        "usr/lib/systemd/system/initrd.target.wants/kdumpd-capture.service",
         "usr/bin/makedumpfile",
-        # no journal in the reservation: masked, its daemon left out
-        "usr/lib/systemd/system/systemd-journald.service -> /dev/null",
-        "usr/lib/systemd/system/systemd-journald.socket -> /dev/null",
+        *(SMALL_INIT_FILES if action == "reboot" else SYSTEMD_INIT_FILES),
     ):
-        assert wanted in listing, wanted
+        assert re.search(rf" {re.escape(wanted)}( -> |$)", listing, re.M), wanted
     assert not re.search(r"usr/lib/systemd/systemd-journald$", listing, re.M), listing
+    if action == "reboot":
+        assert result.init.init == "kdumpd"
+        assert "small init" in result.init_line()
+        assert not re.search(r"usr/lib/systemd/|systemd-udevd", listing), listing
+        init = subprocess.run(
+            ["lsinitrd", "-f", "init", str(result.image)], capture_output=True, check=True
+        ).stdout.decode()
+        assert "kdumpd capture init" in init
+        assert "devices=(/dev/disk/by-uuid/abc UUID abc)" in init
+    else:
+        assert result.init.init == "systemd"
+        assert "the shell action needs a console" in result.init_line()
 
 
 @pytest.mark.integration

@@ -21,6 +21,7 @@ from kdumpd import cli, host, manager, proc
 from kdumpd.errors import ConfigError, ExitCode
 from kdumpd.image import build
 from kdumpd.image.build import BuildResult
+from kdumpd.image.init import choose_init
 from kdumpd.image.manifest import Manifest, image_path, manifest_path
 from kdumpd.messages import RecordedMessages
 from kdumpd.paths import Paths
@@ -57,7 +58,9 @@ class FakeDracut:
         image = image_path(paths, kernel_release)
         fresh.replace(image)
         write(manifest_path(paths, kernel_release), manifest.to_json())
-        return BuildResult(image=image, manifest=manifest)
+        modules = tuple(kwargs.get("extra_dracut_modules", ()))
+        init = choose_init(plan, config, dracut_modules=modules)
+        return BuildResult(image=image, manifest=manifest, init=init)
 
 
 @pytest.fixture
@@ -156,8 +159,9 @@ def test_start_builds_then_loads_with_capture_cmdline(
     assert "console=ttyS0" in params
     assert not any(p.startswith(("crashkernel=", "root=")) or p == "quiet" for p in params)
     assert "irqpoll" in params and params[-1] == "rd.systemd.gpt_auto=no"
-    assert texts(messages)[-3:] == [
+    assert texts(messages)[-4:] == [
         f"Rebuilding /var/lib/kdumpd/initramfs-{KVER}kdump.img",
+        "The capture image runs kdumpd's small init (no systemd, no udev)",
         "kexec: loaded kdump kernel",
         "Starting kdump: [OK]",
     ]

@@ -67,8 +67,11 @@ CRASH_DIR = "/var/crash"
 STATE_DIR = "/var/lib/kdumpd"
 PAGE = 4096
 
+#: The capture kernel's last line: systemd's reboot, or the kernel's own (kdumpd's small init).
 CAPTURE_END = re.compile(
-    r"^\[ *([0-9.]+)\] reboot: (?:Restarting system|Power down|System halted)", re.M
+    r"^\[ *([0-9.]+)\] (?:reboot: (?:Restarting system|Power down|System halted)"
+    r"|sysrq: (?:Resetting|Power Off))",
+    re.M,
 )
 BANNER = re.compile(r"^(?:\[[ 0-9.]+\] )?Linux version \S+", re.M)
 MEMORY_LINE = re.compile(r"\] Memory: (\d+)K/(\d+)K available")

@@ -7,14 +7,15 @@ directory together with the plan JSON and a copy of the capture agent, and
 runs dracut with ``KDUMPD_BUILD_DIR`` naming that directory.
 
 What the image holds (memory is a feature: all of it lives in the crash
-reservation): dracut's systemd initrd base, the drivers of the target device
+reservation): an init (kdumpd's small one, or dracut's systemd initrd when the
+plan needs it: :mod:`kdumpd.image.init`), the drivers of the target device
 (``--add-device``, strict host-only) and filesystem (``--add-drivers``),
 python3 with exactly the stdlib files the agent imports (computed by running
 the target python), makedumpfile, vmcore-dmesg, hooks and extra_bins, and
 what the target kind needs (:meth:`kdumpd.targets.base.TargetKind.image_needs`).
 When the target is the root filesystem (the default), python3 and its stdlib
-stay out: the units start ``kdumpd-agent.sh``, which mounts the target and runs
-the root's python from it (:func:`kdumpd.image.agent.agent_root_mount`;
+stay out: the init (or the capture unit) starts ``kdumpd-agent.sh``, which
+mounts the target and runs the root's python from it (:func:`kdumpd.image.agent.agent_root_mount`;
 measured with tests/vm/bench_capture.py). The agent mounts the target itself
 from the plan: no fstab entry, no ``--mount``, because a mount unit failing
 would send the boot to emergency mode before the agent could choose

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from typing import Any
 
 from harness import KERNEL_BANNER, Guest
 
@@ -112,3 +114,24 @@ def record_timings(guest: Guest, timings: dict[str, float]) -> None:
     text = json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2, sort_keys=True)
     (guest.artifacts / "timings.json").write_text(text + "\n")
     print(f"timings: {text}")
+
+
+def crash_and_check_local(
+    guest: Guest, crash_dir: str, timings: dict[str, float]
+) -> tuple[str, dict[str, Any]]:
+    """Crash, wait for the capture's reboot, time it, and check the dump under crash_dir.
+
+    The capture must have succeeded (its metadata says so). Timings (crash to ssh,
+    the capture kernel's own) are added to ``timings`` and recorded. Returns the dump
+    directory and its metadata.
+    """
+    mark = guest.serial_mark()
+    began = time.monotonic()
+    crash_and_wait(guest)
+    timings["crash_to_ssh"] = time.monotonic() - began
+    timings.update(capture_timings(guest.serial_text(), mark))
+    record_timings(guest, timings)
+    dump = check_local_dump(guest, crash_dir)
+    meta: dict[str, Any] = json.loads(guest.ssh(f"cat {dump}/kdumpd-metadata.json").stdout)
+    assert meta["result"] == "success", meta
+    return dump, meta

@@ -8,7 +8,6 @@ image built before.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
@@ -16,11 +15,8 @@ from harness import Guest
 from scenario import (
     CONF,
     arm_guest,
-    capture_timings,
-    check_local_dump,
-    crash_and_wait,
+    crash_and_check_local,
     kdumpctl,
-    record_timings,
 )
 
 # The first two lines of a valid file; line 3 gets the mistake.
@@ -67,16 +63,7 @@ def test_broken_config_keeps_the_capture_kernel(
     after = guest.ssh(IMAGE_STAT).stdout
     assert after == image, f"before:\n{image}\nafter:\n{after}"
 
-    mark = guest.serial_mark()
-    began = time.monotonic()
-    crash_and_wait(guest)
-    timings["crash_to_ssh"] = time.monotonic() - began
-    timings.update(capture_timings(guest.serial_text(), mark))
-    record_timings(guest, timings)
-
-    dump = check_local_dump(guest, "/var/crash")
-    meta = json.loads(guest.ssh(f"cat {dump}/kdumpd-metadata.json").stdout)
-    assert meta["result"] == "success", meta
+    dump, meta = crash_and_check_local(guest, "/var/crash", timings)
 
     # The config is still broken after the reboot: arming at boot fails, loudly, and
     # names the line, rather than arming something the admin did not write.

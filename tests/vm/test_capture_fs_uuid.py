@@ -17,12 +17,9 @@ from harness import Guest
 from scenario import (
     CONF,
     arm_guest,
-    capture_timings,
-    check_local_dump,
-    crash_and_wait,
+    crash_and_check_local,
     kdumpctl,
     make_ext4_disk,
-    record_timings,
 )
 
 MOUNT = "/mnt/dumps"
@@ -64,19 +61,11 @@ def test_dump_to_ext4_by_uuid(make_guest: Callable[..., Guest], kdumpd_deb: str)
     status = kdumpctl(guest, "status")
     assert status.returncode == 0 and "Kdump is operational" in status.stderr, status
 
-    mark = guest.serial_mark()
-    began = time.monotonic()
-    crash_and_wait(guest)
-    timings["crash_to_ssh"] = time.monotonic() - began
-    timings.update(capture_timings(guest.serial_text(), mark))
-    record_timings(guest, timings)
+    dump, meta = crash_and_check_local(guest, f"{MOUNT}/dumps", timings)
 
     # The fstab entry mounted the dump disk again at boot.
     source = guest.ssh(f"findmnt -n -o UUID {MOUNT}").stdout.strip()
     assert source == uuid, f"{MOUNT} is not the dump disk after the reboot ({source!r})"
-    dump = check_local_dump(guest, f"{MOUNT}/dumps")
-    meta = json.loads(guest.ssh(f"cat {dump}/kdumpd-metadata.json").stdout)
-    assert meta["result"] == "success", meta
     assert meta["target"]["kind"] == "fs", meta
     # The capture kernel wrote below its own mount point of the disk.
     assert meta["target"]["location"].endswith(dump.removeprefix(MOUNT)), meta

@@ -15,18 +15,14 @@ One guest, one crash, two proofs:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
 from harness import Guest
 from scenario import (
     arm_guest,
-    capture_timings,
-    check_local_dump,
-    crash_and_wait,
+    crash_and_check_local,
     kdumpctl,
-    record_timings,
 )
 
 PRE_D = "/etc/kdump/pre.d"
@@ -78,16 +74,8 @@ def test_rollback_and_hooks_in_the_capture_image(
     assert status.returncode == 0, status
     assert "Kdump is operational" in status.stderr, status
 
-    mark = guest.serial_mark()
-    began = time.monotonic()
-    crash_and_wait(guest)
-    timings["crash_to_ssh"] = time.monotonic() - began
-    timings.update(capture_timings(guest.serial_text(), mark))
-    record_timings(guest, timings)
+    dump, meta = crash_and_check_local(guest, "/var/crash", timings)
 
-    dump = check_local_dump(guest, "/var/crash")
-    meta = json.loads(guest.ssh(f"cat {dump}/kdumpd-metadata.json").stdout)
-    assert meta["result"] == "success", meta
     hooks = {hook["path"]: hook for hook in meta["hooks"]}
     # The image that captured is the one loaded before the failed restart.
     assert sorted(hooks) == [BYTES_HOOK, NO_INTERPRETER], meta["hooks"]

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness import Guest
-from scenario import PANIC_LINE, arm_guest, check_local_dump, crash_and_wait, kdumpctl
+from scenario import PANIC_LINE, arm_guest, crash_and_check_local, kdumpctl
 
 from kdumpd import proc
 
@@ -67,17 +67,13 @@ def test_local_default_path(
     # The image's /init is kdumpd's small init: nothing of systemd or udev inside.
     image = f"/var/lib/kdumpd/initramfs-{release}kdump.img"
     assert "kdumpd capture init" in guest.ssh(f"lsinitrd -f init {image}").stdout
-    listing = guest.ssh(f"lsinitrd {image}").stdout
-    assert "usr/sbin/blkid" in listing and "systemd-udevd" not in listing, listing
-    assert "usr/lib/systemd/systemd" not in listing, listing
+    contents = guest.ssh(f"lsinitrd {image}").stdout
+    assert "usr/sbin/blkid" in contents and "systemd-udevd" not in contents, contents
+    assert "usr/lib/systemd/systemd" not in contents, contents
 
     before = _tasks_before_crash(guest)
     guest.ssh(f"echo '{MARKER}' > /dev/kmsg")
-    crash_and_wait(guest)
-
-    dump = check_local_dump(guest, "/var/crash")
-    meta = json.loads(guest.ssh(f"cat {dump}/kdumpd-metadata.json").stdout)
-    assert meta["result"] == "success", meta
+    dump, meta = crash_and_check_local(guest, "/var/crash", {})
     # The agent said where the memory was just before makedumpfile started.
     assert meta["memory_before_collector"]["meminfo_kib"]["MemAvailable"] > 0, meta
     # Debian 12's makedumpfile 1.7.2 does not know 6.1 and says so; the metadata keeps it.

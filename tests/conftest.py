@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,3 +100,18 @@ def install_collector(paths: Paths) -> Path:
     location = write(paths.under_root("/usr/sbin/makedumpfile"), "#!/bin/sh\nexit 0\n")
     location.chmod(0o755)
     return location
+
+
+@pytest.fixture(autouse=True)
+def _required_programs(request: pytest.FixtureRequest) -> None:
+    """``@pytest.mark.requires("prog", root=True)``: fail, never skip, when one is missing.
+
+    The test command installs every program a test needs (tools/setup-host.sh); a
+    missing one is a missing install step, and a skip would hide it.
+    """
+    for mark in request.node.iter_markers("requires"):
+        missing = [name for name in mark.args if shutil.which(name) is None]
+        if missing:
+            pytest.fail(f"{', '.join(missing)} not installed: tools/setup-host.sh installs it")
+        if mark.kwargs.get("root") and os.geteuid() != 0:
+            pytest.fail("this test needs root (the test command runs as root)")

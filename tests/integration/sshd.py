@@ -224,10 +224,10 @@ def start_sshd(workdir: Path, *, timeout: float = 15.0) -> LoopbackSshd:
 
 
 def running_sshd(tmp_path: Path) -> Iterator[LoopbackSshd]:
-    """Body of a fixture: skip where openssh-server is missing, start, yield, stop."""
+    """Body of a fixture: fail where openssh-server is missing, start, yield, stop."""
     reason = unavailable_reason()
     if reason is not None:
-        pytest.skip(reason)
+        pytest.fail(f"{reason}: tools/setup-host.sh installs openssh-server")
     server = start_sshd(tmp_path / "sshd")
     try:
         yield server

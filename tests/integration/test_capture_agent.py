@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from tests.support.synth import CoreSpec, generate_core
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("makedumpfile") is None, reason="makedumpfile not installed"),
+    pytest.mark.requires("makedumpfile"),
 ]
 
 COLLECTOR = ["makedumpfile", "-l", "--message-level", "7", "-d", "31"]
@@ -113,8 +112,7 @@ def test_fallback_copy_when_makedumpfile_rejects_the_core(tmp_path: Path) -> Non
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting tmpfs needs root")
+    assert os.geteuid() == 0, "mounting tmpfs needs root (the test command runs as root)"
     mountpoint = tmp_path / "root" / "kdumproot"
     mountpoint.mkdir(parents=True)
     subprocess.run(

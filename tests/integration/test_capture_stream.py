@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import datetime
@@ -33,7 +32,7 @@ from tests.support.synth import CoreSpec, generate_core
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("makedumpfile") is None, reason="makedumpfile not installed"),
+    pytest.mark.requires("makedumpfile"),
 ]
 
 WHEN = datetime(2024, 6, 23, 21, 27, 26)

@@ -21,7 +21,7 @@ from tests.support.synth import generate_core
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("makedumpfile") is None, reason="makedumpfile not installed"),
+    pytest.mark.requires("makedumpfile"),
 ]
 
 WHEN = datetime(2024, 6, 23, 21, 27, 26)
@@ -126,7 +126,7 @@ def test_truncated_stream_leaves_the_device_and_no_directory(tmp_path: Path) -> 
     assert not (paths.state_dir / raw_import.IMPORTS_DIR).exists()
 
 
-@pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="mkfs.ext4 not installed")
+@pytest.mark.requires("mkfs.ext4")
 def test_filesystem_signature_is_refused(tmp_path: Path) -> None:
     paths = fake_root_with_mounts(tmp_path)
     image = paths.under_root("/dev/kdump")
@@ -142,14 +142,13 @@ def test_filesystem_signature_is_refused(tmp_path: Path) -> None:
 
 @pytest.fixture
 def loop_device(tmp_path: Path) -> Iterator[str]:
-    if os.geteuid() != 0 or shutil.which("losetup") is None:
-        pytest.skip("loop devices need root and losetup")
+    assert os.geteuid() == 0, "loop devices need root (the test command runs as root)"
+    assert shutil.which("losetup") is not None, "losetup missing: tools/setup-host.sh installs it"
     backing = tmp_path / "loop.img"
     with backing.open("wb") as f:
         f.truncate(DEVICE_BYTES)
     done = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"losetup failed: {done.stderr.strip()}")
+    assert done.returncode == 0, f"losetup failed: {done.stderr.strip()}"
     device = done.stdout.strip()
     try:
         yield device

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -166,7 +165,7 @@ def test_known_hosts_entry_is_what_strict_checking_needs(
     assert "The host key of 127.0.0.1 is not in" in str(caught.value)
 
 
-@pytest.mark.skipif(shutil.which("makedumpfile") is None, reason="makedumpfile not installed")
+@pytest.mark.requires("makedumpfile")
 def test_flattened_stream_through_ssh_reassembles(server: LoopbackSshd, tmp_path: Path) -> None:
     core = generate_core(tmp_path / "vmcore.elf").path
     direct = tmp_path / "direct.kdump"

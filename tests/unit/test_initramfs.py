@@ -565,9 +565,7 @@ def agent_package(tmp_path: Path, capture_init: str) -> Path:
     return package
 
 
-needs_dracut = pytest.mark.skipif(
-    shutil.which("dracut") is None or os.geteuid() != 0, reason="needs dracut and root (chroot)"
-)
+needs_dracut = pytest.mark.requires("dracut", "lsinitrd", root=True)  # root: chroot
 
 
 #: What each init's image must hold, and must not.

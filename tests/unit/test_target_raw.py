@@ -46,7 +46,7 @@ def fake_block_device(paths: Paths, name: str, majmin: str) -> Path:
     return node
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+needs_root = pytest.mark.requires(root=True)  # mknod
 
 
 # -- flattened format ---------------------------------------------------------------

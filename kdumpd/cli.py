@@ -19,6 +19,7 @@ goes to stdout. With ``--json`` one JSON object goes to stdout, always with
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -733,6 +734,8 @@ def main(argv: Sequence[str] | None = None, *, uname: os.uname_result | None = N
     stdout = sys.stdout
     as_json = "--json" in arguments
     messages: Messages = RecordedMessages() if as_json else ConsoleMessages(stream=sys.stderr)
+    # Every way out with an error: one message (or one JSON document) and the exit code.
+    fail = functools.partial(_fail, as_json=as_json, messages=messages, stdout=stdout)
 
     parser = build_parser()
     try:
@@ -740,25 +743,19 @@ def main(argv: Sequence[str] | None = None, *, uname: os.uname_result | None = N
     except _ParseError as exc:
         if exc.top and str(exc).startswith("argument COMMAND"):
             # kdump-utils: unknown or missing subcommand => usage line, exit 1 (§3.1).
-            return _fail(as_json=as_json, messages=messages, stdout=stdout, message=USAGE, code=1)
-        return _fail(
-            as_json=as_json,
-            messages=messages,
-            stdout=stdout,
+            return fail(message=USAGE, code=1)
+        return fail(
             message=f"{exc.parser.prog}: {exc}\n{exc.parser.format_usage().strip()}",
             code=ExitCode.USAGE,
         )
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     if args.command is None:
-        return _fail(as_json=as_json, messages=messages, stdout=stdout, message=USAGE, code=1)
+        return fail(message=USAGE, code=1)
 
     root = Path(args.root).absolute()
     if not root.is_dir():
-        return _fail(
-            as_json=as_json,
-            messages=messages,
-            stdout=stdout,
+        return fail(
             message=f"--root {args.root}: not a directory; name the system tree to act on",
             code=ExitCode.USAGE,
         )
@@ -772,10 +769,7 @@ def main(argv: Sequence[str] | None = None, *, uname: os.uname_result | None = N
     try:
         return int(COMMANDS[args.command](ctx, args))
     except KdumpError as exc:
-        return _fail(
-            as_json=as_json,
-            messages=messages,
-            stdout=stdout,
+        return fail(
             message=user_message(exc),
             code=int(exc.exit_code),
             already_reported=bool(getattr(exc, "reported", False)),
@@ -786,18 +780,12 @@ def main(argv: Sequence[str] | None = None, *, uname: os.uname_result | None = N
         # A file of the tree that cannot be read or written where no reader expected
         # it: say which and why, never a traceback.
         where = f" ({exc.filename})" if exc.filename else ""
-        return _fail(
-            as_json=as_json,
-            messages=messages,
-            stdout=stdout,
+        return fail(
             message=f"kdumpctl {args.command}: {exc.strerror or exc}{where}",
             code=ExitCode.FAILURE,
         )
     except Exception as exc:  # the last line between a bug and the user
-        return _fail(
-            as_json=as_json,
-            messages=messages,
-            stdout=stdout,
+        return fail(
             message=(
                 f"kdumpctl {args.command}: internal error ({type(exc).__name__}: {exc}); "
                 "this is a bug in kdumpd, please report it with the command that failed"

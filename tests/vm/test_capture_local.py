@@ -67,9 +67,9 @@ def test_local_default_path(
     # The image's /init is kdumpd's small init: nothing of systemd or udev inside.
     image = f"/var/lib/kdumpd/initramfs-{release}kdump.img"
     assert "kdumpd capture init" in guest.ssh(f"lsinitrd -f init {image}").stdout
-    listing = guest.ssh(f"lsinitrd {image}").stdout
-    assert "usr/sbin/blkid" in listing and "systemd-udevd" not in listing, listing
-    assert "usr/lib/systemd/systemd" not in listing, listing
+    contents = guest.ssh(f"lsinitrd {image}").stdout
+    assert "usr/sbin/blkid" in contents and "systemd-udevd" not in contents, contents
+    assert "usr/lib/systemd/systemd" not in contents, contents
 
     before = _tasks_before_crash(guest)
     guest.ssh(f"echo '{MARKER}' > /dev/kmsg")

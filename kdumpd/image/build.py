@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kdumpd import proc
 from kdumpd.config.kdumpconf import KdumpConfig
@@ -47,7 +48,13 @@ from kdumpd.image.agent import (
     module_names,
 )
 from kdumpd.image.dracut import DRACUT_TIMEOUT, dracut_argv
-from kdumpd.image.init import KDUMPD_INIT, SYSTEMD_CHOICE, InitChoice, choose_init
+from kdumpd.image.init import (
+    KDUMPD_INIT,
+    SYSTEMD_CHOICE,
+    InitChoice,
+    choose_init,
+    image_dracut_modules,
+)
 from kdumpd.image.manifest import Manifest, image_path, manifest_path
 from kdumpd.image.needs import image_needs
 from kdumpd.image.programs import (
@@ -76,6 +83,22 @@ class BuildResult:
         return "The capture image runs dracut's systemd initrd: " + "; ".join(self.init.reasons)
 
 
+def _network_fields(init: InitChoice, needs: ImageNeeds) -> dict[str, Any]:
+    """The render context's network values: only the small init brings the NIC up itself."""
+    if init.init != KDUMPD_INIT:
+        return {}
+    fields: dict[str, Any] = {"nics": needs.nics}
+    if init.network is not None:
+        fields.update(
+            network_mac=init.network.mac,
+            network_address=init.network.address,
+            network_netmask=init.network.netmask,
+            network_gateway=init.network.gateway,
+            network_wait_seconds=init.network.wait_seconds,
+        )
+    return fields
+
+
 def stage(
     paths: Paths,
     config: KdumpConfig,
@@ -101,6 +124,8 @@ def stage(
     (build_dir / "plan.json").write_text(plan.to_json(), encoding="utf-8")
     image_files: list[str] = []
     for file in needs.files:
+        if file.systemd_only and init.init == KDUMPD_INIT:
+            continue
         staged = build_dir / file.name
         staged.write_bytes(file.content)
         staged.chmod(int(file.mode, 8))
@@ -121,6 +146,7 @@ def stage(
         start_units=needs.start_units,
         init=init.init,
         wait_devices=tuple(word for d in init.devices for word in (d.path, d.tag, d.value)),
+        **_network_fields(init, needs),
         **agent_from_fields(paths, plan),
     )
     render_module(context, template_dir=template_dir, out_dir=build_dir)
@@ -185,7 +211,7 @@ def build(
             image=temp_image,
             kernel_release=kernel_release,
             build_dir=build_dir,
-            extra_dracut_modules=extra_dracut_modules,
+            extra_dracut_modules=image_dracut_modules(init, extra_dracut_modules),
             zstd=find_program(paths, "zstd") is not None,
             init=init.init,
         )

@@ -123,14 +123,17 @@ def dracut_argv(
     ]
     if drivers:
         argv += ["--add-drivers", " ".join(drivers)]
-        if not needs.generic_drivers and plan.failure_action != "shell":
+        generic = needs.generic_drivers and init != KDUMPD_INIT
+        if not generic and plan.failure_action != "shell":
             # A non-empty --drivers turns off 90kernel-modules' generic set, which even in
             # strict host-only mode brings every crypto module, hid, usb, ata and serial
             # driver (~6 MB unpacked, measured by tests/vm/bench_capture.py). The block
             # drivers of the --add-device devices then come from 99kdumpd's installkernel.
             # failure_action shell keeps the set: a console needs its keyboard. So do
-            # kinds that ask for it (network targets: a NIC's bus driver, virtio_pci, is
-            # not a dependency of its driver, and only that set brings it).
+            # kinds that ask for it on dracut's systemd initrd (network targets: a NIC's
+            # bus driver, virtio_pci, is not a dependency of its driver); for the small
+            # init, which loads every module of the image, 99kdumpd's installkernel walks
+            # the NIC's devices up and installs each one's driver instead.
             argv += ["--drivers", " ".join(drivers)]
     for device in needs.devices:
         argv += ["--add-device", device]

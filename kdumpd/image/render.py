@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 from kdumpd.contract.plan import PLAN_PATH_IN_IMAGE, MountSpec
 from kdumpd.image.agent import AGENT_DIR_IN_IMAGE, AGENT_PROGRAMS, TARGET_PYTHON
-from kdumpd.image.init import KDUMPD_INIT, SYSTEMD_INIT
+from kdumpd.image.init import IPCONFIG, KDUMPD_INIT, SYSTEMD_INIT
 from kdumpd.paths import Paths
 
 _UNIT_SAFE = re.compile(r"^[A-Za-z0-9_./+-]+$")
@@ -210,6 +210,17 @@ class ModuleContext:
     #: The interpreter's real file (python3 is a relative symlink) for agent_from="root".
     python_real: str = TARGET_PYTHON
     device_wait_seconds: int = 300
+    #: For the small init: NICs whose driver chain (the NIC's and its bus parents')
+    #: 99kdumpd's installkernel installs, as the first kernel names them.
+    nics: tuple[str, ...] = ()
+    #: For the small init: the MAC of the NIC ipconfig brings up ("" for none), its static
+    #: IPv4 address, netmask and gateway (all "" for DHCP), and how long to wait for it.
+    network_mac: str = ""
+    network_address: str = ""
+    network_netmask: str = ""
+    network_gateway: str = ""
+    network_wait_seconds: int = 180
+    ipconfig: str = IPCONFIG
 
     @property
     def agent_from(self) -> str:

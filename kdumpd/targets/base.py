@@ -40,6 +40,9 @@ class ImageFile:
     image_path: str
     mode: str  # "0600"
     content: bytes
+    #: Read only by dracut's systemd initrd (a systemd.network file): the small init,
+    #: which configures the network itself, leaves it out.
+    systemd_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,9 @@ class ImageNeeds:
     start_units: tuple[str, ...] = ()
     #: NICs whose drivers the image gets (``--hostonly-nics``).
     nics: tuple[str, ...] = ()
-    #: Keep dracut's generic driver set (no ``--drivers``): a NIC's bus driver is not a
-    #: dependency of its driver, and only that set brings it.
+    #: Keep dracut's generic driver set (no ``--drivers``) on dracut's systemd initrd: a
+    #: NIC's bus driver is not a dependency of its driver, and only that set brings it.
+    #: kdumpd's small init ignores it (99kdumpd installs the NIC's driver chain).
     generic_drivers: bool = False
 
 

@@ -555,7 +555,11 @@ def image_needs(paths: Paths, plan: CapturePlan) -> ImageNeeds:
         )
     files.append(
         ImageFile(
-            "kdumpd.network", NETWORK_FILE_IN_IMAGE, "0644", network.network_unit(net).encode()
+            "kdumpd.network",
+            NETWORK_FILE_IN_IMAGE,
+            "0644",
+            network.network_unit(net).encode(),
+            systemd_only=True,
         )
     )
     return ImageNeeds(

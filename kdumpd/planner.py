@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from kdumpd import targets
 from kdumpd.config.kdumpconf import KdumpConfig
 from kdumpd.config.values import text_problem
-from kdumpd.contract.plan import CapturePlan, MountSpec
+from kdumpd.contract.plan import CapturePlan, MountSpec, SshTarget
 from kdumpd.errors import ConfigError, Problem
+from kdumpd.image.init import choose_init, image_dracut_modules
 from kdumpd.paths import KDUMP_CONF, Paths
-from kdumpd.targets import fs
+from kdumpd.targets import fs, ssh
+from kdumpd.targets.ssh import NETWORK_DRACUT_MODULE
 
 HOOK_DIRS: tuple[str, ...] = ("pre.d", "post.d", "emergency.d")
 
@@ -140,6 +142,12 @@ def compile_full(config: KdumpConfig, paths: Paths, *, kernel_release: str) -> C
         rootfs=rootfs,
         rootfs_path=fs.normalize_path(config.path),
     )
+    if isinstance(plan.target, SshTarget) and plan.target.network is not None:
+        # The same decision the image build takes: only dracut's systemd initrd needs
+        # systemd-networkd, so only then must dracut-network be installed.
+        choice = choose_init(plan, config, dracut_modules=tuple(stack))
+        if NETWORK_DRACUT_MODULE in image_dracut_modules(choice, stack):
+            ssh.require_network_module(paths, "; ".join(choice.reasons))
     return CompiledPlan(
         plan=plan, warnings=tuple(warnings), devices=tuple(devices), dracut_modules=tuple(stack)
     )

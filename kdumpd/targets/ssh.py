@@ -62,6 +62,22 @@ IMAGE_KNOWN_HOSTS = "/etc/kdumpd/ssh/known_hosts"
 #: dracut module that brings the capture kernel's network up (package dracut-network).
 NETWORK_DRACUT_MODULE = "systemd-networkd"
 NETWORK_DRACUT_DIR = "01systemd-networkd"
+
+
+def require_network_module(paths: Paths, why: str) -> None:
+    """Refuse to plan an image that needs dracut's systemd-networkd module when it is missing.
+
+    Only dracut's systemd initrd needs it (``why`` says why that initrd): kdumpd's
+    small init brings an IPv4 network up itself.
+    """
+    if not (paths.dracut_modules / NETWORK_DRACUT_DIR).is_dir():
+        raise SshTargetError(
+            f"this ssh dump target needs dracut's systemd initrd ({why}), which brings the "
+            "capture kernel's network up with dracut's systemd-networkd module; install it "
+            "with 'apt install dracut-network'"
+        )
+
+
 # kdump-utils generates RSA keys, and so do we: the default key file is named
 # kdump_id_rsa, and servers in FIPS mode (RHEL, a common dump server) refuse
 # ed25519. ssh-keygen's default RSA size (3072 bits) and rsa-sha2 signatures
@@ -450,11 +466,6 @@ def compile_ssh_target(
                     f"it and install it on {dest.host}",
                 )
             ]
-        )
-    if not (paths.dracut_modules / NETWORK_DRACUT_DIR).is_dir():
-        raise SshTargetError(
-            "ssh dump targets need dracut's systemd-networkd module to bring the capture "
-            "kernel's network up; install it with 'apt install dracut-network'"
         )
     known = known_hosts_entry(paths, dest)
     address = network.resolve_address(dest.host, where=where)

@@ -34,7 +34,7 @@ from kdumpd.image.needs import image_needs
 from kdumpd.paths import Paths
 from kdumpd.planner import compile_full
 from kdumpd.targets import network, raw
-from kdumpd.targets.ssh import NETWORK_FILE_IN_IMAGE
+from kdumpd.targets.ssh import NETWORK_FILE_IN_IMAGE, SshTargetError
 from tests.conftest import ProgramStub, write
 from tests.support.synth import CoreSpec, generate_core
 
@@ -52,11 +52,19 @@ def addr(dynamic: bool) -> str:
     return json.dumps([{"ifname": "ens3", "address": "52:54:00:12:34:56", "addr_info": [info]}])
 
 
-def ssh_host(paths: Paths, programs: ProgramStub, *, dynamic: bool = True) -> KdumpConfig:
+def ssh_host(
+    paths: Paths,
+    programs: ProgramStub,
+    *,
+    dynamic: bool = True,
+    networkd: bool = True,
+    extra: str = "",
+) -> KdumpConfig:
     """A fake machine with the kdump key, dracut-network, and a virtio NIC toward the server."""
     write(paths.under_root("/root/.ssh/kdump_id_rsa"), "PRIVATE\n")
     write(paths.under_root("/root/.ssh/known_hosts"), KNOWN)
-    (paths.dracut_modules / "01systemd-networkd").mkdir(parents=True)
+    if networkd:
+        (paths.dracut_modules / "01systemd-networkd").mkdir(parents=True)
     module = paths.under_root("/sys/module/virtio_net")
     module.mkdir(parents=True)
     driver = paths.under_root("/sys/class/net/ens3/device/driver")
@@ -67,7 +75,7 @@ def ssh_host(paths: Paths, programs: ProgramStub, *, dynamic: bool = True) -> Kd
     programs.expect("ip", stdout=ROUTE)
     programs.expect("ip", stdout=addr(dynamic))
     text = "ssh root@192.0.2.7\npath /srv//crash\ncore_collector makedumpfile -F -d 31\n"
-    return parse_kdump_conf(text).config
+    return parse_kdump_conf(text + extra).config
 
 
 def test_ssh_plan_carries_destination_key_known_hosts_and_network(
@@ -110,6 +118,26 @@ def test_ssh_plan_mirrors_a_static_address(fake_root: Paths, programs: ProgramSt
     assert "MACAddress=52:54:00:12:34:56" in unit
     assert "Address=10.0.2.15/24" in unit
     assert "DHCP=" not in unit
+
+
+def test_an_ipv4_ssh_target_needs_no_dracut_network(
+    fake_root: Paths, programs: ProgramStub
+) -> None:
+    """kdumpd's small init brings IPv4 up with ipconfig: systemd-networkd is not needed."""
+    config = ssh_host(fake_root, programs, networkd=False)
+    plan = compile_full(config, fake_root, kernel_release=KVER).plan
+    assert isinstance(plan.target, SshTarget) and plan.target.network is not None
+
+
+def test_an_ssh_target_on_the_systemd_initrd_needs_dracut_network(
+    fake_root: Paths, programs: ProgramStub
+) -> None:
+    config = ssh_host(fake_root, programs, networkd=False, extra="failure_action shell\n")
+    with pytest.raises(SshTargetError) as caught:
+        compile_full(config, fake_root, kernel_release=KVER)
+    message = str(caught.value)
+    assert "the shell action needs a console" in message
+    assert "apt install dracut-network" in message
 
 
 def test_ssh_plan_needs_the_key(fake_root: Paths, programs: ProgramStub) -> None:

@@ -18,8 +18,8 @@ packages=(
     python3-lzo python3-snappy python3-zstandard
     # kdumpctl analyze --report on the VM scenario's dump (crash: analyze without --report)
     python3-drgn crash
-    # integration tests: real processes
-    dbus openssh-server openssh-client
+    # integration tests: real processes (klibc's ipconfig and ip: the small init's network)
+    dbus openssh-server openssh-client klibc-utils iproute2
     # VM harness and the Debian package
     qemu-system-x86 qemu-utils debootstrap debhelper dpkg-dev fakeroot
     # building the .deb with pybuild (tools/build-deb.sh)

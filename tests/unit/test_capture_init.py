@@ -301,11 +301,15 @@ def test_the_rendered_init_keeps_hostile_names_as_data(tmp_path: Path) -> None:
     assert "echo bash kernel-modules" in setup
 
 
-def _rendered(tmp_path: Path, **network: object) -> tuple[str, str]:
+def _rendered(tmp_path: Path, **network: object) -> tuple[str, str, str]:
+    """The rendered init, network script and setup of a small image."""
     context = small_context(())
     context = context.__class__(**{**context.__dict__, **network})
     render.render_module(context, template_dir=TEMPLATES, out_dir=tmp_path)
-    return (tmp_path / "kdumpd-init.sh").read_text(), (tmp_path / "kdumpd-setup.sh").read_text()
+    return tuple(  # type: ignore[return-value]
+        (tmp_path / name).read_text()
+        for name in ("kdumpd-init.sh", "kdumpd-network.sh", "kdumpd-setup.sh")
+    )
 
 
 def _shell_values(text: str, names: tuple[str, ...], cwd: Path) -> list[str]:
@@ -323,7 +327,7 @@ def test_the_rendered_init_brings_the_nic_up_with_ipconfig(tmp_path: Path) -> No
     bash = shutil.which("bash")
     assert bash is not None
     hostile = "52:54:00:$(touch pwned):'\"`x`"
-    init, setup = _rendered(
+    init, net, setup = _rendered(
         tmp_path,
         nics=("ens3", "a b$(touch pwned)"),
         network_mac=hostile,
@@ -332,10 +336,10 @@ def test_the_rendered_init_brings_the_nic_up_with_ipconfig(tmp_path: Path) -> No
         network_gateway="10.0.0.1",
         network_wait_seconds=60,
     )
-    subprocess.run([bash, "-n", str(tmp_path / "kdumpd-init.sh")], check=True)
-    subprocess.run([bash, "-n", str(tmp_path / "kdumpd-setup.sh")], check=True)
+    for name in ("kdumpd-init.sh", "kdumpd-network.sh", "kdumpd-setup.sh"):
+        subprocess.run([bash, "-n", str(tmp_path / name)], check=True)
     names = ("net_mac", "net_address", "net_netmask", "net_gateway", "net_wait", "ipconfig")
-    assert _shell_values(init, names, tmp_path) == [
+    assert _shell_values(net, names, tmp_path) == [
         hostile,
         "10.0.0.5",
         "255.255.255.0",
@@ -346,8 +350,10 @@ def test_the_rendered_init_brings_the_nic_up_with_ipconfig(tmp_path: Path) -> No
     assert not (tmp_path / "pwned").exists()
     # The network comes up after the modules are loaded, before the agent runs.
     assert init.index("modprobe -a") < init.index("network_up") < init.index('"$agent"')
-    assert '-c dhcp -d "$iface"' in init
-    assert '-d "$net_address::$net_gateway:$net_netmask::$iface:none"' in init
+    assert ". /usr/lib/kdumpd/kdumpd-network.sh" in init
+    assert '-c dhcp -d "$iface"' in net
+    assert '-d "$net_address::$net_gateway:$net_netmask::$iface:none"' in net
+    assert 'inst_simple "$build/kdumpd-network.sh" "$agent_dir/kdumpd-network.sh"' in setup
     # The setup installs ipconfig with klibc's library, root's passwd line (ssh needs
     # one) and walks the NICs' devices for their drivers.
     assert "inst_simple /usr/lib/klibc/bin/ipconfig" in setup
@@ -366,8 +372,9 @@ def test_the_rendered_init_brings_the_nic_up_with_ipconfig(tmp_path: Path) -> No
 
 @pytest.mark.integration
 def test_an_image_without_a_network_to_bring_up_has_no_ipconfig(tmp_path: Path) -> None:
-    init, setup = _rendered(tmp_path)
-    assert "ipconfig" not in init and "ipconfig" not in setup
+    init, net, setup = _rendered(tmp_path)
+    assert "ipconfig" not in init + net + setup
+    assert "network_up" not in init
     assert "root:x:0:0" in setup  # ssh with the network up already still needs it
 
 

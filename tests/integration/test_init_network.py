@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from kdumpd.image import render
-from kdumpd.image.init import IPCONFIG, KDUMPD_INIT
-from kdumpd.image.render import ModuleContext
+from kdumpd.image.init import IPCONFIG
+from tests.support.module_context import small_init_context
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("ip", IPCONFIG, root=True)]
 
@@ -67,19 +67,7 @@ def netns() -> Iterator[Netns]:
 
 
 def network_script(tmp_path: Path, **values: object) -> Path:
-    context = ModuleContext(
-        kernel_release="6.1.0-28-amd64",
-        build_dir="/b",
-        agent_files=(),
-        python_files=(),
-        python_extensions=(),
-        collector="/usr/bin/makedumpfile",
-        vmcore_dmesg="/usr/sbin/vmcore-dmesg",
-        user_programs=(),
-        failure_action="reboot",
-        init=KDUMPD_INIT,
-        **values,  # type: ignore[arg-type]
-    )
+    context = small_init_context(**values)
     render.render_module(context, template_dir=TEMPLATES, out_dir=tmp_path)
     return tmp_path / "kdumpd-network.sh"
 

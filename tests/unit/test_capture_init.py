@@ -38,6 +38,7 @@ from kdumpd.paths import Paths
 from kdumpd.targets.base import ImageFile, ImageNeeds
 from kdumpd.targets.ssh import NETWORK_DRACUT_MODULE
 from tests.conftest import ProgramStub, write
+from tests.support.module_context import small_init_context
 
 KVER = "6.1.0-28-amd64"
 TEMPLATES = Path(__file__).resolve().parents[2] / "dracut-module" / "templates"
@@ -257,19 +258,7 @@ def test_the_small_ssh_image_gets_only_the_nics_driver_chain(tmp_path: Path) -> 
 
 
 def small_context(devices: tuple[str, ...], failure_action: str = "reboot") -> ModuleContext:
-    return ModuleContext(
-        kernel_release=KVER,
-        build_dir="/b",
-        agent_files=(),
-        python_files=(),
-        python_extensions=(),
-        collector="/usr/bin/makedumpfile",
-        vmcore_dmesg="/usr/sbin/vmcore-dmesg",
-        user_programs=(),
-        failure_action=failure_action,
-        init=KDUMPD_INIT,
-        wait_devices=devices,
-    )
+    return small_init_context(wait_devices=devices, failure_action=failure_action)
 
 
 @pytest.mark.integration
@@ -303,8 +292,7 @@ def test_the_rendered_init_keeps_hostile_names_as_data(tmp_path: Path) -> None:
 
 def _rendered(tmp_path: Path, **network: object) -> tuple[str, str, str]:
     """The rendered init, network script and setup of a small image."""
-    context = small_context(())
-    context = context.__class__(**{**context.__dict__, **network})
+    context = small_init_context(**network)
     render.render_module(context, template_dir=TEMPLATES, out_dir=tmp_path)
     return tuple(  # type: ignore[return-value]
         (tmp_path / name).read_text()
